@@ -1,0 +1,228 @@
+"""The backend interface every inference engine implements.
+
+Modelled on Polygraphy's runners: public ``load`` / ``infer`` / ``close`` over
+small ``_load_impl`` / ``_infer_impl`` / ``_close_impl`` hooks, usable as a
+context manager, with an ``is_loaded`` guard.  A backend is handed a recipe
+(model spec, weights choice, options) and builds everything, CUDA context and
+engine included, inside ``load`` - which the pipeline calls on the inference
+worker's own thread.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, Sequence
+
+import numpy as np
+
+from engines.errors import BackendError, ConfigError
+from engines.models import ModelSpec, WeightsChoice
+from engines.preprocess import preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Options shared by all backends; each backend rejects what it cannot do."""
+
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    precision: Precision = "fp32"
+    batch: int = 1
+    """Largest batch ``infer`` will be given."""
+    dynamic_batch: bool = False
+    """Engines accept any batch from 1 to ``batch`` (an optimisation profile) instead of exactly ``batch``."""
+    cache_dir: Path | None = None
+    workspace_mb: int | None = None
+    """Builder workspace limit for TensorRT (small devices such as a Jetson Nano)."""
+    calib_dir: Path | None = None
+    """Folder of images for int8 entropy calibration."""
+    cuda_graphs: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = None
+    """CPU threads for CPU backends (None: library default)."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.batch, int) or self.batch < 1 or self.batch > 1024:
+            raise ConfigError(f"batch must be an integer from 1 to 1024, got {self.batch!r}")
+        if self.workspace_mb is not None and self.workspace_mb < 16:
+            raise ConfigError(f"workspace must be at least 16 MiB, got {self.workspace_mb}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be positive, got {self.threads}")
+        resolve_device_name(self.device)  # validates the spelling
+
+
+def resolve_device_name(device: str) -> str:
+    """Turn ``auto`` into ``cuda:0`` or ``cpu``; validate ``cuda[:N]``."""
+    text = device.strip().lower()
+    if text == "auto":
+        import torch
+
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    if text == "cuda":
+        return "cuda:0"
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return text
+    raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+class Backend(ABC):
+    """Runs one model on one device at one precision."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, spec: ModelSpec, weights: WeightsChoice, options: BackendOptions | None = None) -> None:
+        self.spec = spec
+        self.weights = weights
+        self.options = options or BackendOptions()
+        self.device = resolve_device_name(self.options.device)
+        self.load_seconds: float | None = None
+        self._loaded = False
+
+    # -- public lifecycle -------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
+
+    @property
+    def description(self) -> str:
+        return f"{self.spec.name} | {self.name} {self.precision} {self.device}"
+
+    def load(self) -> "Backend":
+        """Build or load the engine. Idempotent; records ``load_seconds``."""
+        if self._loaded:
+            return self
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                from engines.errors import BackendUnavailable
+
+                raise BackendUnavailable(f"{self.name}: device {self.device} requested but CUDA is not available")
+            index = int(self.device.split(":")[1])
+            if index >= torch.cuda.device_count():
+                from engines.errors import BackendUnavailable
+
+                raise BackendUnavailable(
+                    f"{self.name}: device {self.device} does not exist ({torch.cuda.device_count()} GPU(s) visible)"
+                )
+        start = time.perf_counter()
+        try:
+            self._load_impl()
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"{self.name}: load failed: {type(exc).__name__}: {exc}") from exc
+        self._synchronize()
+        self.load_seconds = time.perf_counter() - start
+        self._loaded = True
+        return self
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> "torch.Tensor":
+        """BGR uint8 frames -> normalised batch, on this backend's input device."""
+        import torch
+
+        dtype = torch.float16 if self.input_dtype_name == "fp16" else torch.float32
+        return preprocess(frames, self.spec.preprocess, self.input_device, dtype, pin_memory=True)
+
+    def infer(self, batch: "torch.Tensor") -> "torch.Tensor":
+        """Run the network on a preprocessed (N, 3, H, W) batch; returns (N, classes) float32 logits."""
+        if not self._loaded:
+            raise BackendError(f"{self.name}: infer() called before load()")
+        expected = self.spec.preprocess.input_shape
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise BackendError(f"{self.name}: expected input (N, {', '.join(map(str, expected))}), got {tuple(batch.shape)}")
+        if not 1 <= int(batch.shape[0]) <= self.options.batch:
+            raise BackendError(f"{self.name}: batch of {int(batch.shape[0])} exceeds the loaded maximum {self.options.batch}")
+        return self._infer_impl(batch)
+
+    def close(self) -> None:
+        """Release the engine, buffers and device memory. Safe to call twice."""
+        if self._loaded:
+            self._loaded = False
+            self._close_impl()
+
+    def __enter__(self) -> "Backend":
+        return self.load()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- hooks ------------------------------------------------------------
+    @property
+    def input_device(self) -> str:
+        """Where ``preprocess`` leaves its tensor (the backend's device by default)."""
+        return self.device
+
+    @property
+    def input_dtype_name(self) -> str:
+        return "fp32"
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest timing)."""
+        self._synchronize()
+
+    def _synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    @abstractmethod
+    def _load_impl(self) -> None: ...
+
+    @abstractmethod
+    def _infer_impl(self, batch: "torch.Tensor") -> "torch.Tensor": ...
+
+    @abstractmethod
+    def _close_impl(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes for one frame."""
+
+    indices: tuple[int, ...]
+    scores: tuple[float, ...]
+    labels: tuple[str, ...]
+
+    @property
+    def top1(self) -> int:
+        return self.indices[0]
+
+    def as_json(self) -> list[dict[str, object]]:
+        return [
+            {"index": i, "label": label, "score": round(float(s), 6)}
+            for i, s, label in zip(self.indices, self.scores, self.labels)
+        ]
+
+
+def postprocess(logits: "torch.Tensor", labels: Sequence[str], k: int = 1) -> list[Prediction]:
+    """Softmax + top-k on the logits' device, then one copy to the host."""
+    import torch
+
+    k = max(1, min(k, int(logits.shape[1])))
+    probs = torch.softmax(logits.float(), dim=1)
+    scores, indices = probs.topk(k, dim=1)
+    scores_h = scores.cpu().tolist()
+    indices_h = indices.cpu().tolist()
+    return [
+        Prediction(tuple(idx), tuple(sc), tuple(labels[i] for i in idx)) for idx, sc in zip(indices_h, scores_h)
+    ]

@@ -1,0 +1,93 @@
+"""Eager PyTorch backend (CPU or CUDA, fp32 or fp16), optionally with CUDA graphs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engines.backends.base import Backend
+from engines.errors import BackendError, ConfigError
+from engines.models import build_model
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TorchBackend(Backend):
+    """The reference backend: ``module(x)`` under ``torch.inference_mode``."""
+
+    name = "torch"
+
+    def _load_impl(self) -> None:
+        import torch
+
+        if self.precision == "int8":
+            raise ConfigError("torch backend: int8 is not supported; use tensorrt or torch2trt")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)")
+        if self.options.cuda_graphs and self.device == "cpu":
+            raise ConfigError("torch backend: --cuda-graphs needs a CUDA device")
+        if self.options.threads is not None and self.device == "cpu":
+            torch.set_num_threads(self.options.threads)
+        self.model = build_model(self.spec, self.weights)
+        module = self.model.module.to(self.device)
+        if self.precision == "fp16":
+            module = module.half()
+        if self.options.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if self.options.compile:
+            module = torch.compile(module)  # type: ignore[assignment]
+        self._module = module
+        self._graph: "torch.cuda.CUDAGraph | None" = None
+        self._graph_batch = 0
+        if self.options.cuda_graphs:
+            self._capture_graph(self.options.batch)
+
+    @property
+    def input_dtype_name(self) -> str:
+        return "fp16" if self.precision == "fp16" else "fp32"
+
+    def _capture_graph(self, batch: int) -> None:
+        import torch
+
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        shape = (batch, *self.spec.preprocess.input_shape)
+        self._static_in = torch.zeros(shape, device=self.device, dtype=dtype)
+        if self.options.channels_last:
+            self._static_in = self._static_in.contiguous(memory_format=torch.channels_last)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):  # warm up cuDNN autotuning outside the capture
+                self._module(self._static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            self._static_out = self._module(self._static_in)
+        self._graph = graph
+        self._graph_batch = batch
+
+    def _infer_impl(self, batch: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        x = batch.to(self.device, dtype=dtype, non_blocking=True)
+        if self._graph is not None:
+            n = int(x.shape[0])
+            if n > self._graph_batch:
+                raise BackendError(f"torch backend: batch {n} exceeds the captured graph's {self._graph_batch}")
+            self._static_in[:n].copy_(x)
+            self._graph.replay()
+            return self._static_out[:n].float()
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self._module(x).float()
+
+    def _close_impl(self) -> None:
+        self._graph = None
+        self._module = None  # type: ignore[assignment]
+        self.model = None  # type: ignore[assignment]
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()

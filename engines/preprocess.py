@@ -1,0 +1,129 @@
+"""Image preprocessing shared by every backend.
+
+A :class:`PreprocessSpec` says how a model was trained to see images (resize,
+crop, mean/std, channel order).  :func:`preprocess` applies it to OpenCV frames
+(BGR, uint8, HWC) with PyTorch on any device, so the GPU path uploads uint8
+bytes and does the float work on the GPU, and the CPU backends (ONNX Runtime)
+run the very same code on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+
+from engines.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+Interpolation = Literal["bilinear", "bicubic"]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How to turn a photograph into the network's input tensor."""
+
+    resize: int = 256
+    """Length the shorter image side is resized to, before the crop."""
+    crop: int = 224
+    """Side of the square centre crop fed to the network."""
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """Per-channel mean, in RGB order, on the 0..1 scale."""
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    """Per-channel standard deviation, in RGB order, on the 0..1 scale."""
+    interpolation: Interpolation = "bilinear"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.crop <= 0 or self.resize < self.crop:
+            raise ConfigError(f"preprocess: need 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("preprocess: mean and std need three values, std > 0")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"preprocess: unknown interpolation {self.interpolation!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"preprocess: unknown channel order {self.channel_order!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of one preprocessed image."""
+        return (3, self.crop, self.crop)
+
+
+def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """Size after resizing the shorter side to ``shorter`` (torchvision's rule)."""
+    if height <= width:
+        return shorter, int(shorter * width / height)
+    return int(shorter * height / width), shorter
+
+
+def _to_uint8_bgr(frame: np.ndarray) -> np.ndarray:
+    if frame.dtype != np.uint8:
+        raise ConfigError(f"preprocess: frames must be uint8, got {frame.dtype}")
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    elif frame.ndim == 3 and frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ConfigError(f"preprocess: expected an HxWx3 frame, got shape {frame.shape}")
+    return frame
+
+
+def preprocess(
+    frames: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: "torch.device | str" = "cpu",
+    dtype: "torch.dtype | None" = None,
+    pin_memory: bool = False,
+) -> "torch.Tensor":
+    """Turn BGR uint8 frames into a normalised NCHW batch on ``device``.
+
+    Frames of one size go through as one batch (one upload, one resize);
+    frames of different sizes are processed one by one and stacked.
+    """
+    import torch
+
+    if not frames:
+        raise ConfigError("preprocess: no frames given")
+    target = torch.device(device)
+    out_dtype = dtype if dtype is not None else torch.float32
+    arrays = [_to_uint8_bgr(f) for f in frames]
+    groups: list[list[np.ndarray]]
+    if all(a.shape == arrays[0].shape for a in arrays):
+        groups = [arrays]
+    else:
+        groups = [[a] for a in arrays]
+    outputs = []
+    for group in groups:
+        host = torch.from_numpy(np.ascontiguousarray(np.stack(group)))
+        if pin_memory and target.type == "cuda":
+            host = host.pin_memory()
+        outputs.append(_preprocess_uint8(host.to(target, non_blocking=True), spec, out_dtype))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _preprocess_uint8(batch: "torch.Tensor", spec: PreprocessSpec, dtype: "torch.dtype") -> "torch.Tensor":
+    """(N, H, W, 3) uint8 BGR on its device -> (N, 3, crop, crop) normalised."""
+    import torch
+    import torch.nn.functional as F
+
+    x = batch.permute(0, 3, 1, 2)
+    if spec.channel_order == "RGB":
+        x = x.flip(1)
+    x = x.float()
+    height, width = int(x.shape[2]), int(x.shape[3])
+    new_h, new_w = resized_size(height, width, spec.resize)
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x, size=(new_h, new_w), mode=spec.interpolation, align_corners=False, antialias=True)
+        if spec.interpolation == "bicubic":
+            x = x.clamp_(0.0, 255.0)
+    top = int(round((new_h - spec.crop) / 2.0))
+    left = int(round((new_w - spec.crop) / 2.0))
+    x = x[:, :, top : top + spec.crop, left : left + spec.crop]
+    mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    x = (x - mean) / std
+    return x.to(dtype).contiguous()
