@@ -1,0 +1,50 @@
+"""Where the engine cache lives: a per-user folder with mode 0700, never /tmp."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from engines.errors import CacheError
+
+CACHE_ENV = "STREAMER_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$STREAMER_CACHE_DIR`` if set, else the platform's per-user cache folder."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("streamer", appauthor=False))
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) or check that an existing one is ours and private.
+
+    Engines are executable content: a cache folder that other users can write
+    to could hand us a planted engine, so we refuse one rather than use it.
+    """
+    path = path.expanduser()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as exc:
+        raise CacheError(f"cache folder {path} cannot be created: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheError(f"cache folder {path} is not a folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise CacheError(f"cache folder {path} belongs to another user; refusing to load engines from it")
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise CacheError(f"cache folder {path} is accessible by other users and cannot be made private") from exc
+    return path
+
+
+def cache_dir(override: Path | None = None) -> Path:
+    """The cache folder to use, created private if needed."""
+    return ensure_private_dir(override if override is not None else default_cache_dir())
