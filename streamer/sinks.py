@@ -1,0 +1,382 @@
+"""Where annotated frames go: a video file, a folder of images, a window, or nowhere.
+
+A video is written under a hidden temporary name in the destination folder and
+renamed over the final name only when it is finalised, so a killed run never
+leaves a broken file under the name the user asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import ConfigError, SinkError
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = {".mp4": "mp4v", ".mkv": "mp4v", ".avi": "MJPG", ".mov": "mp4v"}
+IMAGE_OUTPUT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+class Sink(ABC):
+    """Receives annotated BGR frames in order."""
+
+    def open(self, frame_size: tuple[int, int], fps: float) -> "Sink":  # noqa: B027
+        """Prepare to write frames of ``frame_size`` (width, height); fail early."""
+        return self
+
+    @abstractmethod
+    def write(self, image: np.ndarray, name: str) -> None: ...
+
+    def finalize(self) -> None:  # noqa: B027
+        """Complete the output (called on success and on Ctrl-C)."""
+
+    def abort(self) -> None:  # noqa: B027
+        """Discard a partial output (called when the run failed)."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the user asked to quit (window: q or Esc)."""
+        return False
+
+    @property
+    def description(self) -> str:
+        return type(self).__name__
+
+
+def check_output_path(path: Path, overwrite: bool) -> None:
+    """Refuse destinations we must not write: existing files, symlinks, missing or read-only folders."""
+    if path.is_symlink():
+        raise SinkError(f"{path}: destination is a symbolic link; refusing to write through it")
+    if path.exists():
+        if path.is_dir():
+            raise SinkError(f"{path}: is a folder")
+        if not overwrite:
+            raise SinkError(f"{path} exists; pass --overwrite to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise SinkError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SinkError(f"{parent}: output folder is not writable")
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class VideoFileSink(Sink):
+    """Writes an ``.mp4``, ``.mkv``, ``.avi`` or ``.mov`` through OpenCV's FFmpeg writer."""
+
+    def __init__(self, path: Path, overwrite: bool = False, fourcc: str | None = None) -> None:
+        ext = path.suffix.lower()
+        if ext not in VIDEO_EXTENSIONS:
+            raise ConfigError(f"{path}: unsupported video extension; use one of {', '.join(VIDEO_EXTENSIONS)}")
+        if fourcc is not None and len(fourcc) != 4:
+            raise ConfigError(f"--fourcc needs four characters, got {fourcc!r}")
+        self.path = path
+        self.overwrite = overwrite
+        self.fourcc = fourcc or VIDEO_EXTENSIONS[ext]
+        self.temp_path = path.with_name(f".{path.stem}.partial-{os.getpid()}{ext}")
+        self.frames_written = 0
+        self._writer: object | None = None
+        self._size: tuple[int, int] | None = None
+        check_output_path(path, overwrite)
+
+    @property
+    def description(self) -> str:
+        return str(self.path)
+
+    def open(self, frame_size: tuple[int, int], fps: float) -> "VideoFileSink":
+        import cv2
+
+        check_output_path(self.path, self.overwrite)
+        width, height = frame_size
+        if width <= 0 or height <= 0:
+            raise SinkError(f"{self.path}: invalid frame size {frame_size}")
+        # Most codecs need even dimensions; keep the size fixed for the whole file.
+        self._size = (width - width % 2 or 2, height - height % 2 or 2)
+        try:
+            writer = cv2.VideoWriter(str(self.temp_path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*self.fourcc), float(fps), self._size)
+        except cv2.error as exc:
+            self._remove_temp()
+            raise SinkError(f"{self.path}: cannot open the video writer ({exc})") from exc
+        if not writer.isOpened():
+            writer.release()
+            self._remove_temp()
+            raise SinkError(
+                f"{self.path}: cannot open a {self.fourcc} writer for {self.path.suffix} "
+                "(folder not writable, or codec missing from this OpenCV build)"
+            )
+        self._writer = writer
+        return self
+
+    def write(self, image: np.ndarray, name: str) -> None:
+        import cv2
+
+        if self._writer is None or self._size is None:
+            raise SinkError(f"{self.path}: write before open")
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)  # type: ignore[attr-defined]
+        self.frames_written += 1
+        if self.frames_written % 64 == 1:
+            self._check_growing()
+
+    def _check_growing(self) -> None:
+        # OpenCV's writer reports no I/O errors; a temp file that vanished or a full
+        # disk would otherwise fail silently, so look at the file now and then.
+        try:
+            st = os.stat(self.temp_path)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: output file disappeared while writing ({exc.strerror})") from exc
+        if self.frames_written > 64 and st.st_size == 0:
+            raise SinkError(f"{self.path}: nothing reaches the disk (disk full?)")
+        try:
+            vfs = os.statvfs(self.temp_path.parent)
+            if vfs.f_bavail * vfs.f_frsize < 1 << 20:
+                raise SinkError(f"{self.path}: disk full (less than 1 MiB free)")
+        except (OSError, AttributeError):
+            pass
+
+    def _release(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release()  # type: ignore[attr-defined]
+
+    def finalize(self) -> None:
+        self._release()
+        if not self.temp_path.exists():
+            return
+        if self.frames_written == 0:
+            self._remove_temp()
+            raise SinkError(f"{self.path}: no frames were written; nothing saved")
+        _fsync_file(self.temp_path)
+        if self.path.is_symlink():
+            self._remove_temp()
+            raise SinkError(f"{self.path}: destination became a symbolic link; output discarded")
+        if self.path.exists() and not self.overwrite:
+            self._remove_temp()
+            raise SinkError(f"{self.path} appeared while writing; output discarded (use --overwrite)")
+        os.replace(self.temp_path, self.path)
+
+    def abort(self) -> None:
+        self._release()
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        try:
+            self.temp_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.temp_path, exc)
+
+
+class ImageFolderSink(Sink):
+    """Writes each annotated frame as an image named like its input (``frame_000123.jpg`` for videos)."""
+
+    def __init__(self, folder: Path, overwrite: bool = False) -> None:
+        self.folder = folder
+        self.overwrite = overwrite
+        self.frames_written = 0
+        self.written: list[Path] = []
+        if folder.is_symlink():
+            raise SinkError(f"{folder}: destination is a symbolic link; refusing to write through it")
+        if folder.exists() and not folder.is_dir():
+            raise SinkError(f"{folder}: exists and is not a folder")
+
+    @property
+    def description(self) -> str:
+        return f"{self.folder}/"
+
+    def open(self, frame_size: tuple[int, int], fps: float) -> "ImageFolderSink":
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"{self.folder}: cannot create output folder ({exc.strerror})") from exc
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise SinkError(f"{self.folder}: output folder is not writable")
+        return self
+
+    def _target(self, name: str) -> Path:
+        base = Path(name).name
+        path = Path(base)
+        if path.suffix.lower() not in IMAGE_OUTPUT_EXTENSIONS:
+            return self.folder / f"frame_{self.frames_written:06d}.jpg"
+        return self.folder / base
+
+    def write(self, image: np.ndarray, name: str) -> None:
+        import cv2
+
+        target = self._target(name)
+        if target.is_symlink() or (target.exists() and not self.overwrite):
+            raise SinkError(f"{target} exists; pass --overwrite to replace it")
+        temp = target.with_name(f".{target.stem}.partial{target.suffix}")
+        ok, data = cv2.imencode(target.suffix, image)
+        if not ok:
+            raise SinkError(f"{target}: cannot encode image")
+        try:
+            with open(temp, "wb") as fh:
+                fh.write(data.tobytes())
+            os.replace(temp, target)
+        except OSError as exc:
+            try:
+                temp.unlink()
+            except OSError:
+                pass
+            raise SinkError(f"{target}: write failed ({exc.strerror})") from exc
+        self.frames_written += 1
+        self.written.append(target)
+
+
+class WindowSink(Sink):
+    """Shows frames in an OpenCV window; ``q`` or Esc asks the pipeline to stop."""
+
+    def __init__(self, title: str = "streamer") -> None:
+        self.title = title
+        self._stop = False
+        self._opened = False
+
+    @property
+    def description(self) -> str:
+        return "window"
+
+    def open(self, frame_size: tuple[int, int], fps: float) -> "WindowSink":
+        import cv2
+
+        try:
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise SinkError(f"cannot open a window ({exc}); this OpenCV may be headless, use -o FILE instead") from exc
+        self._opened = True
+        return self
+
+    def write(self, image: np.ndarray, name: str) -> None:
+        import cv2
+
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            self._stop = True
+        try:
+            if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+                self._stop = True
+        except cv2.error:
+            self._stop = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    def finalize(self) -> None:
+        import cv2
+
+        if self._opened:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+
+    abort = finalize
+
+
+class NullSink(Sink):
+    """Discards frames (headless runs, benchmarks)."""
+
+    @property
+    def description(self) -> str:
+        return "none"
+
+    def write(self, image: np.ndarray, name: str) -> None:
+        pass
+
+
+class TeeSink(Sink):
+    """Sends every frame to several sinks (``-o out.mp4 --show``)."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    @property
+    def description(self) -> str:
+        return " + ".join(s.description for s in self.sinks)
+
+    def open(self, frame_size: tuple[int, int], fps: float) -> "TeeSink":
+        opened: list[Sink] = []
+        try:
+            for sink in self.sinks:
+                sink.open(frame_size, fps)
+                opened.append(sink)
+        except BaseException:
+            for sink in opened:
+                sink.abort()
+            raise
+        return self
+
+    def write(self, image: np.ndarray, name: str) -> None:
+        for sink in self.sinks:
+            sink.write(image, name)
+
+    def finalize(self) -> None:
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.finalize()
+            except SinkError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def abort(self) -> None:
+        for sink in self.sinks:
+            sink.abort()
+
+    @property
+    def stop_requested(self) -> bool:
+        return any(s.stop_requested for s in self.sinks)
+
+
+def display_available() -> bool:
+    """A window can be shown: a display server is set and OpenCV has a GUI backend."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import cv2
+
+    info = cv2.getBuildInformation()
+    gui = ""
+    for line in info.splitlines():
+        if line.strip().startswith("GUI:"):
+            gui = line.split(":", 1)[1].strip().upper()
+    return bool(gui) and gui != "NONE"
+
+
+def make_sink(output: str | None, show: bool, overwrite: bool = False, fourcc: str | None = None) -> Sink:
+    """Build the sink for ``-o``/``--show``: a file, a folder of images, a window, several, or none."""
+    sinks: list[Sink] = []
+    if output:
+        path = Path(output).expanduser()
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            sinks.append(VideoFileSink(path, overwrite=overwrite, fourcc=fourcc))
+        elif path.suffix == "" or output.endswith(("/", os.sep)) or path.is_dir():
+            sinks.append(ImageFolderSink(path, overwrite=overwrite))
+        else:
+            raise ConfigError(
+                f"{output}: output must be a video file ({', '.join(VIDEO_EXTENSIONS)}) or a folder for images"
+            )
+    if show:
+        sinks.append(WindowSink())
+    if not sinks:
+        return NullSink()
+    return sinks[0] if len(sinks) == 1 else TeeSink(sinks)

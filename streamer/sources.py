@@ -1,0 +1,367 @@
+"""Frame sources chosen from the SOURCE string by one factory, :func:`open_source`.
+
+Every source yields :class:`Frame` objects (BGR uint8, OpenCV's layout) and
+never blocks forever: network streams open and read under FFmpeg time limits,
+and the pipeline's watchdog catches a source that stops delivering.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import logging
+import math
+import os
+import re
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from engines.errors import ConfigError, SourceError
+from streamer.redact import redact_url
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+DEFAULT_FPS = 30.0
+MAX_SANE_FPS = 240.0
+
+
+@dataclass
+class Frame:
+    """One captured frame and where it came from."""
+
+    index: int
+    image: np.ndarray
+    t_capture: float
+    """``time.perf_counter()`` when the frame was handed to the pipeline."""
+    name: str
+    """Image file name for image inputs, else the (redacted) source."""
+    decode_s: float = 0.0
+
+
+@dataclass
+class SourceOptions:
+    """How to open a source; validated on creation."""
+
+    gst: bool = False
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    realtime: bool = False
+    """Replay a file at its own frame rate and treat it as a live source."""
+    width: int | None = None
+    height: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("open_timeout_s", "read_timeout_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 3600):
+                raise ConfigError(f"{name.replace('_s', '').replace('_', ' ')} must be between 0 and 3600 s, got {value!r}")
+
+
+class Source(ABC):
+    """A stream of frames. ``open`` reads the first frame, so a source that opens can decode."""
+
+    live: bool = False
+    kind: str = "source"
+
+    def __init__(self, display_name: str) -> None:
+        self.display_name = display_name
+        self.fps: float = DEFAULT_FPS
+        self.fps_trusted = False
+        self.total_hint: int | None = None
+        self.frame_size: tuple[int, int] | None = None  # (width, height)
+        self._first: Frame | None = None
+        self._index = 0
+        self.unreadable = 0
+
+    def open(self) -> "Source":
+        self._open_impl()
+        first = self._read_impl()
+        if first is None:
+            self.close()
+            raise SourceError(f"{self.display_name}: no decodable frame")
+        self._first = first
+        h, w = first.image.shape[:2]
+        self.frame_size = (w, h)
+        return self
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end of the stream."""
+        if self._first is not None:
+            frame, self._first = self._first, None
+            return frame
+        return self._read_impl()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            frame = self.read()
+            if frame is None:
+                return
+            yield frame
+
+    def _make_frame(self, image: np.ndarray, name: str, decode_s: float) -> Frame:
+        frame = Frame(self._index, image, time.perf_counter(), name, decode_s)
+        self._index += 1
+        return frame
+
+    @abstractmethod
+    def _open_impl(self) -> None: ...
+
+    @abstractmethod
+    def _read_impl(self) -> Frame | None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> "Source":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    import cv2
+
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return image if image is not None and image.size else None
+
+
+class ImageListSource(Source):
+    """One image, a folder of images or a glob, in name order. Lossless."""
+
+    kind = "images"
+
+    def __init__(self, paths: list[Path], display_name: str) -> None:
+        super().__init__(display_name)
+        if not paths:
+            raise SourceError(f"{display_name}: no images found")
+        self.paths = paths
+        self.total_hint = len(paths)
+        self._pos = 0
+
+    def _open_impl(self) -> None:
+        self._pos = 0
+
+    def _read_impl(self) -> Frame | None:
+        while self._pos < len(self.paths):
+            path = self.paths[self._pos]
+            self._pos += 1
+            start = time.perf_counter()
+            image = _read_image(path)
+            if image is None:
+                if len(self.paths) == 1:
+                    raise SourceError(f"{path}: not a readable image")
+                self.unreadable += 1
+                log.warning("skipping %s: not a readable image", path.name)
+                continue
+            return self._make_frame(image, path.name, time.perf_counter() - start)
+        return None
+
+
+class CaptureSource(Source):
+    """Anything ``cv2.VideoCapture`` opens: files, cameras, network streams, GStreamer."""
+
+    def __init__(self, target: str | int, display_name: str, options: SourceOptions, api: int | None = None) -> None:
+        super().__init__(display_name)
+        self.target = target
+        self.options = options
+        self.api = api
+        self._cap: object | None = None
+
+    def _open_params(self) -> list[int]:
+        import cv2
+
+        params = [
+            int(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC),
+            int(self.options.open_timeout_s * 1000),
+            int(cv2.CAP_PROP_READ_TIMEOUT_MSEC),
+            int(self.options.read_timeout_s * 1000),
+        ]
+        return params
+
+    def _open_impl(self) -> None:
+        import cv2
+
+        api = self.api if self.api is not None else cv2.CAP_ANY
+        try:
+            cap = cv2.VideoCapture(self.target, api, self._open_params())
+        except cv2.error as exc:
+            raise SourceError(f"{self.display_name}: cannot open ({exc})") from exc
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.display_name}: cannot open {self.kind}")
+        if self.options.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.options.width)
+        if self.options.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.options.height)
+        self._cap = cap
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if math.isfinite(fps) and 1.0 <= fps <= MAX_SANE_FPS:
+            self.fps, self.fps_trusted = fps, True
+        else:
+            self.fps, self.fps_trusted = DEFAULT_FPS, False
+            log.warning("%s: frame rate metadata %r is not plausible; assuming %.0f FPS", self.display_name, fps, DEFAULT_FPS)
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if not self.live and math.isfinite(count) and 0 < count < 1e8:
+            self.total_hint = int(count)
+
+    def _grab(self) -> np.ndarray | None:
+        import cv2
+
+        cap = self._cap
+        if cap is None:
+            return None
+        try:
+            ok, image = cap.read()  # type: ignore[attr-defined]
+        except cv2.error as exc:
+            raise SourceError(f"{self.display_name}: read failed ({exc})") from exc
+        if not ok or image is None or image.size == 0:
+            return None
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        return image
+
+    def _read_impl(self) -> Frame | None:
+        start = time.perf_counter()
+        image = self._grab()
+        if image is None:
+            return None
+        return self._make_frame(image, self.display_name, time.perf_counter() - start)
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()  # type: ignore[attr-defined]
+
+
+class VideoFileSource(CaptureSource):
+    """A video file, read to its end (the frame count is only a hint). Lossless."""
+
+    kind = "video file"
+
+    def __init__(self, path: Path, options: SourceOptions) -> None:
+        import cv2
+
+        super().__init__(str(path), path.name, options, api=cv2.CAP_FFMPEG)
+        self.path = path
+        self.live = options.realtime
+        self._t0: float | None = None
+
+    def _read_impl(self) -> Frame | None:
+        frame = super()._read_impl()
+        if frame is not None and self.options.realtime:
+            # Replay at the file's own rate: frame i is due i/fps after the first.
+            now = time.perf_counter()
+            if self._t0 is None:
+                self._t0 = now
+            due = self._t0 + frame.index / self.fps
+            if due > now:
+                time.sleep(due - now)
+            frame.t_capture = time.perf_counter()
+        return frame
+
+
+class CameraSource(CaptureSource):
+    """A local camera by index or /dev/videoN. Live: the newest frame wins."""
+
+    kind = "camera"
+    live = True
+
+
+class StreamSource(CaptureSource):
+    """An RTSP/HTTP(S)/RTMP/UDP stream through FFmpeg. Live."""
+
+    kind = "network stream"
+    live = True
+
+
+class GStreamerSource(CaptureSource):
+    """A GStreamer pipeline string (needs an OpenCV built with GStreamer, e.g. on a Jetson)."""
+
+    kind = "GStreamer pipeline"
+    live = True
+
+    def _open_params(self) -> list[int]:
+        return []
+
+
+def opencv_has_gstreamer() -> bool:
+    import cv2
+
+    info = cv2.getBuildInformation()
+    match = re.search(r"GStreamer:\s*(\S+)", info)
+    return bool(match and match.group(1).upper().startswith("YES"))
+
+
+def _looks_like_gst(text: str) -> bool:
+    return " ! " in text or text.strip().startswith(("v4l2src", "nvarguscamerasrc", "rtspsrc", "filesrc", "videotestsrc", "uridecodebin"))
+
+
+def _image_paths_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def open_source(text: str, options: SourceOptions | None = None) -> Source:
+    """Pick and open the right source for ``text``; raises :class:`SourceError`."""
+    import cv2
+
+    options = options or SourceOptions()
+    text = text.strip()
+    if not text:
+        raise SourceError("empty source")
+    source: Source
+    if options.gst:
+        if not opencv_has_gstreamer():
+            raise SourceError(
+                "--gst needs an OpenCV built with GStreamer (the PyPI wheels are not; use the system OpenCV, e.g. on a Jetson)"
+            )
+        source = GStreamerSource(text, "gstreamer pipeline", options, api=cv2.CAP_GSTREAMER)
+    elif re.fullmatch(r"\d+", text):
+        source = CameraSource(int(text), f"camera {text}", options, api=cv2.CAP_V4L2 if os.name == "posix" else None)
+    elif re.fullmatch(r"/dev/video\d+", text):
+        if not os.path.exists(text):
+            raise SourceError(f"{text}: no such camera")
+        source = CameraSource(text, text, options, api=cv2.CAP_V4L2)
+    elif text.lower().startswith(STREAM_SCHEMES):
+        source = StreamSource(text, redact_url(text), options, api=cv2.CAP_FFMPEG)
+    elif _looks_like_gst(text) and not os.path.exists(text):
+        raise SourceError("this looks like a GStreamer pipeline; pass --gst to run it")
+    else:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            source = ImageListSource(_image_paths_in(path), str(path))
+        elif path.is_file():
+            if path.stat().st_size == 0:
+                raise SourceError(f"{path}: empty file")
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                source = ImageListSource([path], path.name)
+            else:
+                source = VideoFileSource(path, options)
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(Path(p) for p in globlib.glob(os.path.expanduser(text)))
+            images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not images:
+                raise SourceError(f"{text}: no images match")
+            source = ImageListSource(images, text)
+        elif path.exists():
+            raise SourceError(f"{path}: not a regular file or folder")
+        else:
+            raise SourceError(f"{text}: no such file or folder")
+    if isinstance(source, ImageListSource) and options.realtime:
+        raise ConfigError("--realtime replays video files; it does not apply to images")
+    return source.open()
