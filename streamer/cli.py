@@ -100,6 +100,7 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline (needs OpenCV with GStreamer)")
     p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources (default: 10)")
+    p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
     p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
@@ -186,21 +187,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")
-    show = args.show
-    if not args.output and not args.show and not args.headless:
-        if display_available():
-            show = True
-        else:
-            logging.getLogger("streamer").warning("no display and no -o: running headless (labels go to the summary only)")
-    config = PipelineConfig(batch=args.batch, topk=args.topk, max_frames=args.max_frames, stall_timeout_s=max(args.timeout, 1.0))
+    config = PipelineConfig(
+        batch=args.batch,
+        topk=args.topk,
+        max_frames=args.max_frames,
+        stall_timeout_s=max(args.timeout, 1.0),
+        reconnect_timeout_s=args.reconnect,
+    )
     options = backend_options_from_args(args)
-    spec, weights, _note = resolve_model(args.model, args.weights)
-    # Validate everything cheap before touching the source or the output.
-    backend = create_backend(args.backend, spec, weights, options)
-    sink = make_sink(args.output, show, overwrite=args.overwrite, fourcc=args.fourcc)
+    # Cheap checks first, so bad input fails with one line before anything loads:
+    # the output path, then the source (opening it decodes the first frame).
+    sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc)
+    source_options = SourceOptions(gst=args.gst, open_timeout_s=args.timeout, read_timeout_s=args.timeout, realtime=args.realtime)
+    source = open_source(args.source, source_options)
     predictions = None
-    source = open_source(args.source, SourceOptions(gst=args.gst, open_timeout_s=args.timeout, read_timeout_s=args.timeout, realtime=args.realtime))
     try:
+        spec, weights, _note = resolve_model(args.model, args.weights)
+        backend = create_backend(args.backend, spec, weights, options)
+        if not args.output and not args.show and not args.headless:
+            if display_available():
+                sink = make_sink(None, True)
+            else:
+                logging.getLogger("streamer").warning("no display and no -o: running headless (see --predictions for the labels)")
         assert source.frame_size is not None
         sink.open(source.frame_size, source.fps)
         try:
@@ -213,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         source.close()
         raise
     warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
-    print(f"streamer: {spec.name} on {backend.name} {backend.precision} {backend.device}; source {source.display_name} -> {sink.description}", file=sys.stderr)
+    print(f"streamer: {spec.name} on {backend.name} {backend.precision} {backend.device}; source {source.display_name} -> {sink.description}", flush=True)
     progress_ctx, on_frame = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
     with progress_ctx:
         pipeline = Pipeline(source, sink, lambda: backend, config, predictions, warning=warning, on_frame=on_frame)
@@ -223,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = pipeline.summary
             if not args.no_summary:
                 print_summary(summary, source.display_name)
-            print(f"streamer: interrupted; wrote {summary.frames_out} frames", file=sys.stderr)
+            print(f"streamer: interrupted; finalised the output with {summary.frames_out} frames", file=sys.stderr)
             return EXIT_INTERRUPTED
     if not args.no_summary:
         print_summary(summary, source.display_name)

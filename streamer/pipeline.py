@@ -52,6 +52,10 @@ class PipelineConfig:
     """A source that delivers no frame for this long is an error (watchdog)."""
     load_timeout_s: float = 600.0
     join_timeout_s: float = 2.0
+    reconnect_timeout_s: float = 60.0
+    """Live sources: how long to keep trying to reconnect after the stream is lost (0: don't)."""
+    max_frame_age_s: float = 1.0
+    """Live sources: a frame older than this when the model is ready for it is dropped, not classified."""
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -64,6 +68,10 @@ class PipelineConfig:
             raise ConfigError(f"max frames must be >= 1, got {self.max_frames}")
         if self.stall_timeout_s <= 0:
             raise ConfigError("stall timeout must be positive")
+        if self.reconnect_timeout_s < 0:
+            raise ConfigError("reconnect timeout must be >= 0")
+        if self.max_frame_age_s <= 0:
+            raise ConfigError("max frame age must be positive")
 
 
 class LatestSlot:
@@ -113,6 +121,9 @@ class RunSummary:
     interrupted: bool = False
     backend: str = ""
     stopped_by_user: bool = False
+    stale: int = 0
+    """Live frames dropped because they were too old by the time the model was free."""
+    reconnects: int = 0
 
 
 class PredictionsWriter:
@@ -233,8 +244,21 @@ class Pipeline:
             while not self.stop.is_set():
                 if limit is not None and count >= limit:
                     break
-                frame = self.source.read()
+                try:
+                    frame = self.source.read()
+                except SourceError:
+                    if not (self.source.live and self.source.reconnectable):
+                        raise
+                    frame = None
                 if frame is None:
+                    if self.source.live and self.source.reconnectable and self.config.reconnect_timeout_s > 0:
+                        if self._reconnect():
+                            continue
+                        if self.stop.is_set():
+                            return
+                        raise SourceError(
+                            f"{self.source.display_name}: lost, and not back within {self.config.reconnect_timeout_s:.0f} s"
+                        )
                     break
                 self._last_frame_at = time.perf_counter()
                 self.times.add("decode", frame.decode_s)
@@ -248,11 +272,38 @@ class Pipeline:
         finally:
             self.summary.unreadable = self.source.unreadable
 
+    def _reconnect(self) -> bool:
+        """Reopen a lost live source with exponential backoff; False if it stays away."""
+        name = self.source.display_name
+        lost_at = time.perf_counter()
+        delay = 0.25
+        attempt = 0
+        log.warning("%s: stream lost; reconnecting", name)
+        while not self.stop.is_set():
+            self._last_frame_at = time.perf_counter()  # the watchdog knows we are on it
+            if time.perf_counter() - lost_at > self.config.reconnect_timeout_s:
+                return False
+            attempt += 1
+            try:
+                self.source.reopen()
+            except SourceError:
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.summary.reconnects += 1
+            log.warning("%s: reconnected after %.1f s (%d attempts)", name, time.perf_counter() - lost_at, attempt)
+            return True
+        return False
+
     def _next_batch(self) -> list[Frame] | None:
         """Up to ``batch`` frames: wait for one, then take what is ready. None at the end."""
-        first = self._get(self._q_in)
-        if first is None or isinstance(first, _EndOfStream):
-            return None
+        while True:
+            first = self._get(self._q_in)
+            if first is None or isinstance(first, _EndOfStream):
+                return None
+            if not self.source.live or time.perf_counter() - first.t_capture <= self.config.max_frame_age_s:
+                break
+            self.summary.stale += 1  # e.g. the last frame before a lost connection
         frames = [first]
         q = self._q_in
         while len(frames) < self.config.batch and isinstance(q, queue.Queue):
@@ -362,8 +413,11 @@ class Pipeline:
         if not self._loaded.is_set():
             return
         idle = time.perf_counter() - self._last_frame_at
+        limit = self.config.stall_timeout_s
+        if self.source.live and self.source.reconnectable:
+            limit += self.config.reconnect_timeout_s
         capture_done = self.summary.frames_in > 0 and self._capture_thread is not None and not self._capture_thread.is_alive()
-        if not capture_done and idle > self.config.stall_timeout_s:
+        if not capture_done and idle > limit:
             raise SourceTimeout(f"{self.source.display_name}: no frame for {idle:.1f} s")
 
     # -- driver --------------------------------------------------------------
@@ -395,7 +449,7 @@ class Pipeline:
         self.summary.elapsed_s = time.perf_counter() - start
         self.summary.interrupted = interrupted
         if isinstance(self._q_in, LatestSlot):
-            self.summary.dropped = self._q_in.dropped
+            self.summary.dropped = self._q_in.dropped + self.summary.stale
         self.summary.stages = self.times.summary()
         if self.summary.latency is None and self.summary.frames_out:
             self.summary.latency = None

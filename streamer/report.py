@@ -10,11 +10,15 @@ def print_summary(summary: RunSummary, source_name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = Console()
     head = Table(title=f"streamer: {source_name}", show_header=False)
     head.add_column("what")
     head.add_column("value", justify="right")
     head.add_row("frames in / out / dropped", f"{summary.frames_in} / {summary.frames_out} / {summary.dropped}")
+    if summary.stale:
+        head.add_row("live frames too old to classify (in dropped)", str(summary.stale))
+    if summary.reconnects:
+        head.add_row("reconnects", str(summary.reconnects))
     if summary.unreadable:
         head.add_row("unreadable images skipped", str(summary.unreadable))
     head.add_row("pipeline FPS", f"{summary.pipeline_fps:.1f}" if summary.pipeline_fps else "--")

@@ -68,6 +68,8 @@ class Source(ABC):
     """A stream of frames. ``open`` reads the first frame, so a source that opens can decode."""
 
     live: bool = False
+    reconnectable: bool = False
+    """A live source whose end means a lost connection, not the end of the input."""
     kind: str = "source"
 
     def __init__(self, display_name: str) -> None:
@@ -104,6 +106,11 @@ class Source(ABC):
             if frame is None:
                 return
             yield frame
+
+    def reopen(self) -> None:
+        """Close and open again after a lost connection (live sources)."""
+        self.close()
+        self._open_impl()
 
     def _make_frame(self, image: np.ndarray, name: str, decode_s: float) -> Frame:
         frame = Frame(self._index, image, time.perf_counter(), name, decode_s)
@@ -180,6 +187,7 @@ class CaptureSource(Source):
         self.options = options
         self.api = api
         self._cap: object | None = None
+        self._opened_once = False
 
     def _open_params(self) -> list[int]:
         import cv2
@@ -208,6 +216,9 @@ class CaptureSource(Source):
         if self.options.height:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.options.height)
         self._cap = cap
+        if self._opened_once:
+            return
+        self._opened_once = True
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         if math.isfinite(fps) and 1.0 <= fps <= MAX_SANE_FPS:
             self.fps, self.fps_trusted = fps, True
@@ -281,6 +292,7 @@ class CameraSource(CaptureSource):
 
     kind = "camera"
     live = True
+    reconnectable = True
 
 
 class StreamSource(CaptureSource):
@@ -288,6 +300,7 @@ class StreamSource(CaptureSource):
 
     kind = "network stream"
     live = True
+    reconnectable = True
 
 
 class GStreamerSource(CaptureSource):
@@ -295,6 +308,7 @@ class GStreamerSource(CaptureSource):
 
     kind = "GStreamer pipeline"
     live = True
+    reconnectable = True
 
     def _open_params(self) -> list[int]:
         return []
