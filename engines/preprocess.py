@@ -106,23 +106,30 @@ def preprocess(
 
 
 def _preprocess_uint8(batch: "torch.Tensor", spec: PreprocessSpec, dtype: "torch.dtype") -> "torch.Tensor":
-    """(N, H, W, 3) uint8 BGR on its device -> (N, 3, crop, crop) normalised."""
+    """(N, H, W, 3) uint8 BGR on its device -> (N, 3, crop, crop) normalised.
+
+    Order matters for speed: resize and crop first (on the CPU in uint8, whose
+    antialiased kernels are vectorised and ~10x faster than float; on a GPU in
+    float), then flip channels, convert and normalise only the small crop.
+    """
     import torch
     import torch.nn.functional as F
 
-    x = batch.permute(0, 3, 1, 2)
-    if spec.channel_order == "RGB":
-        x = x.flip(1)
-    x = x.float()
+    x = batch.permute(0, 3, 1, 2)  # a channels-last view, no copy
     height, width = int(x.shape[2]), int(x.shape[3])
     new_h, new_w = resized_size(height, width, spec.resize)
     if (new_h, new_w) != (height, width):
+        if x.device.type != "cpu":
+            x = x.float()
         x = F.interpolate(x, size=(new_h, new_w), mode=spec.interpolation, align_corners=False, antialias=True)
-        if spec.interpolation == "bicubic":
+        if spec.interpolation == "bicubic" and x.is_floating_point():
             x = x.clamp_(0.0, 255.0)
     top = int(round((new_h - spec.crop) / 2.0))
     left = int(round((new_w - spec.crop) / 2.0))
     x = x[:, :, top : top + spec.crop, left : left + spec.crop]
+    if spec.channel_order == "RGB":
+        x = x.flip(1)
+    x = x.float()
     mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     x = (x - mean) / std

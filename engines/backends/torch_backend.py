@@ -16,6 +16,7 @@ class TorchBackend(Backend):
     """The reference backend: ``module(x)`` under ``torch.inference_mode``."""
 
     name = "torch"
+    computes_with_torch = True
 
     def _load_impl(self) -> None:
         import torch
