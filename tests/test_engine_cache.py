@@ -507,3 +507,65 @@ def test_written_files_are_private(fake_trt: Any, tmp_path: Path, cache_folder: 
     for path in (result.paths.payload, result.paths.manifest):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
     assert not list(cache_folder.glob(".*.tmp"))
+
+
+# -- torch2trt payloads: weights_only loading (no torch2trt needed) ---------------------------------
+class _Evil:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, ("echo pwned",))
+
+
+def _saved(obj: Any) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_trtmodule_state_loads_with_weights_only() -> None:
+    from engines.backends.torch2trt_backend import read_trtmodule_state
+
+    state = {
+        "engine": bytearray(b"\x00plan"),
+        "input_names": ["input"],
+        "output_names": ["logits"],
+        "input_flattener": {"schema": [0], "size": 1},
+        "output_flattener": {"schema": 0, "size": 1},
+    }
+    assert read_trtmodule_state(_saved(state))["engine"] == bytearray(b"\x00plan")
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ({"engine": bytearray(b"x"), "input_names": ["input"], "output_names": ["logits"], "x": _Evil()}, "weights_only"),
+        ([1, 2, 3], "expected, found list"),
+        ({"input_names": ["input"], "output_names": ["logits"]}, "no serialized engine"),
+        ({"engine": bytearray(b"x"), "input_names": ["x"], "output_names": ["logits"]}, "tensors are"),
+    ],
+    ids=["pickled-object", "not-a-dict", "no-engine", "wrong-names"],
+)
+def test_trtmodule_state_refused(payload: Any, reason: str) -> None:
+    from engines.backends.torch2trt_backend import read_trtmodule_state
+    from engines.cache import InvalidEntry
+
+    with pytest.raises(InvalidEntry, match=reason):
+        read_trtmodule_state(_saved(payload))
+
+
+def test_state_dict_hash_follows_weights() -> None:
+    import torch
+
+    from engines.backends.torch2trt_backend import state_dict_sha256
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert state_dict_sha256(a) == state_dict_sha256(b)
+    with torch.no_grad():
+        b.bias[0] += 1e-3
+    assert state_dict_sha256(a) != state_dict_sha256(b)

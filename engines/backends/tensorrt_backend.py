@@ -254,7 +254,7 @@ def _make_logger() -> "trt.ILogger":
     return _Logger()
 
 
-def _dtype_name(dtype: object) -> str:
+def trt_dtype_name(dtype: object) -> str:
     if tensorrt_module_name() == "tensorrt":
         import tensorrt as trt
     else:
@@ -514,8 +514,8 @@ def build_serialized_engine(
     del monitor
     return Built(
         data,
-        (TensorSpec(net_in.name, _dims(net_in.shape), _dtype_name(net_in.dtype)),),
-        (TensorSpec(net_out.name, _dims(net_out.shape), _dtype_name(net_out.dtype)),),
+        (TensorSpec(net_in.name, _dims(net_in.shape), trt_dtype_name(net_in.dtype)),),
+        (TensorSpec(net_out.name, _dims(net_out.shape), trt_dtype_name(net_out.dtype)),),
     )
 
 
@@ -552,13 +552,13 @@ def deserialize_engine(data: bytes) -> Loaded[TRTEngine]:
     if info.tensor_api:
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            spec = TensorSpec(name, _dims(engine.get_tensor_shape(name)), _dtype_name(engine.get_tensor_dtype(name)))
+            spec = TensorSpec(name, _dims(engine.get_tensor_shape(name)), trt_dtype_name(engine.get_tensor_dtype(name)))
             (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
     else:  # TensorRT < 8.5: binding API, outside the 10.x stubs
         legacy: Any = engine
         for i in range(legacy.num_bindings):
             spec = TensorSpec(
-                legacy.get_binding_name(i), tuple(legacy.get_binding_shape(i)), _dtype_name(legacy.get_binding_dtype(i))
+                legacy.get_binding_name(i), tuple(legacy.get_binding_shape(i)), trt_dtype_name(legacy.get_binding_dtype(i))
             )
             (inputs if legacy.binding_is_input(i) else outputs).append(spec)
     return Loaded(TRTEngine(runtime, engine, logger, tuple(inputs), tuple(outputs)), tuple(inputs), tuple(outputs))
