@@ -1,0 +1,190 @@
+"""``streamer build`` and ``streamer cache list|clear``: engines ahead of time, and the cache they live in.
+
+``streamer build --model resnet18 --precision fp16 --batch 4`` builds (or finds)
+the TensorRT engine that ``streamer run`` would otherwise build on its first
+start, and says where it went and how long it took.  ``--backend torch2trt``
+does the same for a torch2trt module; ``--backend onnxruntime`` exports the
+ONNX model (the input of every engine build) into the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BUILD_BACKENDS = ("tensorrt", "torch2trt", "onnxruntime")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_engine_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``build`` and ``cache`` (``list``, ``clear``) to the main CLI's subcommands."""
+    from engines.models import model_names
+
+    build = subparsers.add_parser(
+        "build",
+        help="build an engine ahead of time (into the engine cache)",
+        description="Build the engine for a model, precision and batch ahead of time, or find it in the cache, "
+        "and print where it is and how long it took.",
+    )
+    build.add_argument("--model", "-m", required=True, choices=model_names(), help="classifier to build")
+    build.add_argument("--weights", default="imagenet", help="imagenet | random | PATH to a state dict (default: imagenet)")
+    build.add_argument("--backend", "-b", default="tensorrt", choices=BUILD_BACKENDS, help="what to build (default: tensorrt)")
+    build.add_argument(
+        "--precision", "-p", default=None, choices=("fp32", "fp16", "int8"),
+        help="engine precision (default: fp16 for tensorrt and torch2trt; onnxruntime exports fp32)",
+    )  # fmt: skip
+    build.add_argument("--batch", type=_positive_int, default=1, help="largest batch the engine takes (default: 1)")
+    build.add_argument("--dynamic-batch", action="store_true", help="accept any batch from 1 to --batch (an optimisation profile)")
+    build.add_argument("--workspace", type=_positive_int, default=None, metavar="MB", help="TensorRT builder workspace limit")
+    build.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
+    build.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="engine cache folder (default: $STREAMER_CACHE_DIR or the user cache)")
+    build.add_argument("--device", "-d", default="cuda", help="cuda | cuda:N (default: cuda)")
+    build.set_defaults(func=cmd_build)
+
+    cache = subparsers.add_parser("cache", help="list or clear the engine cache", description="Inspect or empty the engine cache.")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache_sub.required = True
+    listing = cache_sub.add_parser("list", help="cached engines: file, model, precision, size, created")
+    listing.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="engine cache folder")
+    listing.set_defaults(func=cmd_cache_list)
+    clear = cache_sub.add_parser("clear", help="delete cached engines (asks nothing)")
+    clear.add_argument("--model", "-m", default=None, help="only this model's engines")
+    clear.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="engine cache folder")
+    clear.set_defaults(func=cmd_cache_clear)
+
+
+# -- build ------------------------------------------------------------------------------------
+def _progress_printer() -> Any:
+    last: dict[str, int] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done in (0, total) or done // step != last.get(phase, -1) // step:
+            last[phase] = done
+            print(f"  {phase}: {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from engines.backends import backend_class
+    from engines.backends.base import BackendOptions
+    from engines.errors import ConfigError
+    from engines.models import WeightsChoice, get_spec
+
+    spec = get_spec(args.model)
+    weights = WeightsChoice.parse(args.weights)
+    precision = args.precision or ("fp32" if args.backend == "onnxruntime" else "fp16")
+    if args.backend == "onnxruntime":
+        if precision != "fp32":
+            raise ConfigError("build --backend onnxruntime exports an fp32 ONNX model; --precision applies to tensorrt and torch2trt")
+        from engines.onnx_export import cached_onnx
+
+        start = time.perf_counter()
+        path, sha = cached_onnx(spec, weights, args.batch, args.dynamic_batch, cache_dir=args.cache_dir)
+        seconds = time.perf_counter() - start
+        print(f"onnx: {path}")
+        print(f"{spec.name} {'batch 1..' if args.dynamic_batch else 'batch '}{args.batch}, {_human_size(path.stat().st_size)}, sha256 {sha[:16]}, {seconds:.1f} s")
+        return 0
+    if precision == "int8" and args.calib is None:
+        raise ConfigError("--precision int8 needs --calib DIR (a folder of calibration images)")
+    options = BackendOptions(
+        device=args.device,
+        precision=precision,
+        batch=args.batch,
+        dynamic_batch=args.dynamic_batch,
+        cache_dir=args.cache_dir,
+        workspace_mb=args.workspace,
+        calib_dir=args.calib,
+    )
+    backend: Any = backend_class(args.backend)(spec, weights, options)
+    if hasattr(backend, "progress"):
+        backend.progress = _progress_printer()
+    start = time.perf_counter()
+    backend.load()
+    seconds = time.perf_counter() - start
+    try:
+        result = getattr(backend, "cache_result", None)
+        print(f"engine: {result.paths.payload if result is not None else '(not cached)'}")
+        if result is not None:
+            how = f"built in {result.build_seconds:.1f} s" if result.built else "found in the cache"
+            size = _human_size(result.paths.payload.stat().st_size)
+            print(f"{backend.description}: {how}, {size}, {seconds:.1f} s in all")
+        else:
+            print(f"{backend.description}: {seconds:.1f} s")
+    finally:
+        backend.close()
+    return 0
+
+
+# -- cache ------------------------------------------------------------------------------------
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))
+    return console
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from engines.cache import EngineCache
+
+    cache = EngineCache(args.cache_dir)
+    entries = cache.list_entries()
+    console = _console()
+    if not entries:
+        console.print(f"no engines in {cache.folder}")
+        return 0
+    table = Table(title=f"engine cache: {cache.folder}", title_justify="left")
+    table.add_column("file", no_wrap=True)
+    table.add_column("model")
+    table.add_column("precision")
+    table.add_column("size", justify="right")
+    table.add_column("created")
+    table.add_column("note")
+    for entry in entries:
+        name = entry.payload.name if entry.payload is not None else entry.stem
+        created = entry.created.astimezone().strftime("%Y-%m-%d %H:%M") if entry.created else "?"
+        note = entry.problem or (entry.producer or "")
+        table.add_row(name, entry.model, entry.precision, _human_size(entry.size_bytes), created, note)
+    console.print(table)
+    console.print(f"{len(entries)} engine(s), {_human_size(sum(e.size_bytes for e in entries))}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from engines.cache import EngineCache
+
+    cache = EngineCache(args.cache_dir)
+    sizes = {p: p.stat().st_size for p in cache.folder.iterdir() if p.is_file()}
+    removed = cache.clear(model=args.model)
+    for path in removed:
+        print(f"removed {path.name}")
+    which = f" for {args.model}" if args.model else ""
+    total = sum(sizes.get(p, 0) for p in removed)
+    print(f"{len(removed)} file(s){which} removed from {cache.folder}, {_human_size(total)} freed")
+    return 0
