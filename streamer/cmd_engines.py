@@ -89,13 +89,13 @@ def _human_size(size: int) -> str:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from engines.backends import backend_class
-    from engines.backends.base import BackendOptions
+    from engines.backends.base import BackendOptions, Precision
     from engines.errors import ConfigError
     from engines.models import WeightsChoice, get_spec
 
     spec = get_spec(args.model)
     weights = WeightsChoice.parse(args.weights)
-    precision = args.precision or ("fp32" if args.backend == "onnxruntime" else "fp16")
+    precision: Precision = args.precision or ("fp32" if args.backend == "onnxruntime" else "fp16")
     if args.backend == "onnxruntime":
         if precision != "fp32":
             raise ConfigError("build --backend onnxruntime exports an fp32 ONNX model; --precision applies to tensorrt and torch2trt")
