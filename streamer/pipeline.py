@@ -26,7 +26,7 @@ from typing import Any, Callable
 from engines.backends.base import Backend, Prediction, postprocess
 from engines.errors import ConfigError, PipelineError, SinkError, SourceError, SourceTimeout, StreamerError
 from streamer.overlay import FrameInfo, LabelAnnotator, StatsAnnotator
-from streamer.sinks import Sink
+from streamer.sinks import Sink, ThreadedSink
 from streamer.sources import Frame, Source
 from streamer.stats import FpsMeter, LatencyStats, StageTimes
 
@@ -205,6 +205,12 @@ class Pipeline:
         lossless = not source.live
         self._q_in: queue.Queue[Any] | LatestSlot = queue.Queue(self.config.queue_size) if lossless else LatestSlot()
         self._q_out: queue.Queue[Any] = queue.Queue(self.config.queue_size)
+        # A threaded file sink times its own writes on its writer thread.
+        self._sink_times_itself = False
+        for inner in getattr(sink, "sinks", [sink]):
+            if isinstance(inner, ThreadedSink):
+                inner.on_write = lambda seconds: self.times.add("write", seconds)
+                self._sink_times_itself = True
         self.label_annotator = LabelAnnotator(self.config.topk)
         self.stats_annotator = StatsAnnotator()
 
@@ -395,7 +401,8 @@ class Pipeline:
             if self.predictions is not None:
                 self.predictions.write(result.frame, result.prediction, latency * 1000.0)
             self.times.add("render", t1 - t0)
-            self.times.add("write", t2 - t1)
+            if not self._sink_times_itself:
+                self.times.add("write", t2 - t1)
             latencies.append(latency)
             self.summary.frames_out += 1
             if self.summary.first_frame_s is None:

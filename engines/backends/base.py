@@ -20,7 +20,7 @@ import numpy as np
 
 from engines.errors import BackendError, ConfigError
 from engines.models import ModelSpec, WeightsChoice
-from engines.preprocess import preprocess
+from engines.preprocess import PinnedStaging, preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +92,7 @@ class Backend(ABC):
         self.load_seconds: float | None = None
         self.ready_seconds: float | None = None
         self._loaded = False
+        self._staging: PinnedStaging | None = None
 
     # -- public lifecycle -------------------------------------------------
     @property
@@ -166,7 +167,9 @@ class Backend(ABC):
         import torch
 
         dtype = torch.float16 if self.input_dtype_name == "fp16" else torch.float32
-        return preprocess(frames, self.spec.preprocess, self.input_device, dtype, pin_memory=True)
+        if self._staging is None and self.input_device.startswith("cuda"):
+            self._staging = PinnedStaging()
+        return preprocess(frames, self.spec.preprocess, self.input_device, dtype, staging=self._staging)
 
     def infer(self, batch: "torch.Tensor") -> "torch.Tensor":
         """Run the network on a preprocessed (N, 3, H, W) batch; returns (N, classes) float32 logits."""
@@ -183,6 +186,7 @@ class Backend(ABC):
         """Release the engine, buffers and device memory. Safe to call twice."""
         if self._loaded:
             self._loaded = False
+            self._staging = None
             self._close_impl()
 
     def __enter__(self) -> "Backend":
