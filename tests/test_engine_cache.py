@@ -569,3 +569,34 @@ def test_state_dict_hash_follows_weights() -> None:
     with torch.no_grad():
         b.bias[0] += 1e-3
     assert state_dict_sha256(a) != state_dict_sha256(b)
+
+
+# -- scripts/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------
+def _script() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "trt_rtx_parse_check.py"
+    spec = importlib.util.spec_from_file_location("trt_rtx_parse_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rtx_parse_check_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = _script()
+    args = script.argparse.Namespace(compute_capability=[], max_batch=4, workspace_mb=None)
+    good = script.check_file(fake_tensorrt, make_onnx(tmp_path / "dyn.onnx", batch=None), args)
+    assert good["parsed"] and good["built"] and good["deserialized"] is True
+    assert good["serialized_bytes"] > 0 and good["build_seconds"] >= 0 and good["profile_max_batch"] == 4
+    assert good["inputs"] == [{"name": "input", "shape": [-1, 3, 224, 224]}]
+
+    bad_path = tmp_path / "bad.onnx"
+    bad_path.write_bytes(b"garbage")
+    bad = script.check_file(fake_tensorrt, bad_path, args)
+    assert not bad["parsed"] and bad["parse_errors"] and "desc" in bad["parse_errors"][0]
+
+    monkeypatch.setattr(fake_tensorrt.Runtime, "deserialize_cuda_engine", lambda self, data: None)
+    refused = script.check_file(fake_tensorrt, make_onnx(tmp_path / "static.onnx", batch=1), args)
+    assert refused["built"] and refused["deserialized"] is False
+    assert refused["deserialize_error"] == "deserialize_cuda_engine returned None"
