@@ -46,7 +46,11 @@ def add_engine_commands(subparsers: "argparse._SubParsersAction[argparse.Argumen
         help="engine precision (default: fp16 for tensorrt and torch2trt; onnxruntime exports fp32)",
     )  # fmt: skip
     build.add_argument("--batch", type=_positive_int, default=1, help="largest batch the engine takes (default: 1)")
-    build.add_argument("--dynamic-batch", action="store_true", help="accept any batch from 1 to --batch (an optimisation profile)")
+    build.add_argument(
+        "--dynamic-batch", action="store_true",
+        help="accept any batch from 1 to --batch (an optimisation profile); always on when --batch > 1, "
+        "as in streamer run, so that run finds the engine built here",
+    )  # fmt: skip
     build.add_argument("--workspace", type=_positive_int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     build.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
     build.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="engine cache folder (default: $STREAMER_CACHE_DIR or the user cache)")
@@ -95,6 +99,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.model)
     weights = WeightsChoice.parse(args.weights)
+    dynamic = bool(args.dynamic_batch or args.batch > 1)  # the rule streamer run uses for its options
     precision: Precision = args.precision or ("fp32" if args.backend == "onnxruntime" else "fp16")
     if args.backend == "onnxruntime":
         if precision != "fp32":
@@ -102,10 +107,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         from engines.onnx_export import cached_onnx
 
         start = time.perf_counter()
-        path, sha = cached_onnx(spec, weights, args.batch, args.dynamic_batch, cache_dir=args.cache_dir)
+        path, sha = cached_onnx(spec, weights, args.batch, dynamic, cache_dir=args.cache_dir)
         seconds = time.perf_counter() - start
         print(f"onnx: {path}")
-        print(f"{spec.name} {'batch 1..' if args.dynamic_batch else 'batch '}{args.batch}, {_human_size(path.stat().st_size)}, sha256 {sha[:16]}, {seconds:.1f} s")
+        print(f"{spec.name} {'batch 1..' if dynamic else 'batch '}{args.batch}, {_human_size(path.stat().st_size)}, sha256 {sha[:16]}, {seconds:.1f} s")
         return 0
     if precision == "int8" and args.calib is None:
         raise ConfigError("--precision int8 needs --calib DIR (a folder of calibration images)")
@@ -113,7 +118,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         device=args.device,
         precision=precision,
         batch=args.batch,
-        dynamic_batch=args.dynamic_batch,
+        dynamic_batch=dynamic,
         cache_dir=args.cache_dir,
         workspace_mb=args.workspace,
         calib_dir=args.calib,
