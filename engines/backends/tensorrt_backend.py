@@ -480,6 +480,7 @@ def build_serialized_engine(
     if settings.precision in ("fp16", "int8") and not info.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = None
+    calibrator = None
     if settings.dynamic_batch:
         chw = list(settings.input_shape)
         profile = builder.create_optimization_profile()
@@ -491,9 +492,12 @@ def build_serialized_engine(
         if not settings.calib_images or settings.calib_cache is None or settings.preprocess is None:
             raise ConfigError("int8 needs calibration images (--calib DIR)")
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _make_calibrator(
+        # Keep Python references to the calibrator and the monitor until the build is over:
+        # the config does not own them.
+        calibrator = _make_calibrator(
             settings.calib_images, settings.preprocess, settings.batch, settings.device, settings.calib_cache
         )
+        config.int8_calibrator = calibrator
         if profile is not None:
             config.set_calibration_profile(profile)
     monitor = None
@@ -511,7 +515,7 @@ def build_serialized_engine(
         )
     data = bytes(serialized)
     log.info("TensorRT built %s (%s) in %.1f s: %d bytes", onnx_path.name, settings.precision, seconds, len(data))
-    del monitor
+    del monitor, calibrator
     return Built(
         data,
         (TensorSpec(net_in.name, _dims(net_in.shape), trt_dtype_name(net_in.dtype)),),
