@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Sequence
 
 import numpy as np
 
-from engines.errors import BackendError, ConfigError
+from engines.errors import BackendError, ConfigError, StreamerError
 from engines.models import ModelSpec, WeightsChoice
 from engines.preprocess import PinnedStaging, preprocess
 
@@ -143,7 +143,7 @@ class Backend(ABC):
             self.load_seconds = time.perf_counter() - start
             if warmup:
                 self._warmup()
-        except BackendError:
+        except StreamerError:
             self._loaded = False
             raise
         except Exception as exc:
