@@ -370,7 +370,7 @@ def test_onnxruntime_backend_reports_its_provider(cache: Path, frames: list[np.n
 
     spec = get_spec("efficientnet_lite0")
     backend = OnnxRuntimeBackend(spec, weights_for(spec.name), BackendOptions(device="cpu", threads=1, cache_dir=cache))
-    assert backend.active_providers == () and backend.input_device == "cpu"
+    assert not backend.active_providers and backend.input_device == "cpu"
     with backend:
         assert backend.active_providers == ("CPUExecutionProvider",)
         assert "CPUExecutionProvider" in backend.description
@@ -378,7 +378,7 @@ def test_onnxruntime_backend_reports_its_provider(cache: Path, frames: list[np.n
         assert inspect_onnx(backend.onnx_path).input_shape[0] == 1  # batch 1, not dynamic: fixed graph
         out = backend.infer(backend.preprocess(frames[:1]))
         assert out.dtype == torch.float32 and out.device.type == "cpu"
-    assert backend.active_providers == ()
+    assert not backend.active_providers
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -406,17 +406,27 @@ def test_onnxruntime_on_cuda_without_a_gpu_provider_is_unavailable() -> None:
     assert not backend.is_loaded
 
 
-def test_onnxruntime_recovers_from_a_corrupt_cache_entry(tmp_path: Path, frames: list[np.ndarray]) -> None:
+def test_onnxruntime_recovers_from_a_corrupt_cache_entry(
+    exported: Callable[[str], Exported], tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    import shutil
+
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     spec = get_spec("efficientnet_lite0")
+    entry = exported(spec.name).fixed  # what a batch-1 backend loads: copy it rather than export again
+    folder = onnx_export.onnx_cache_folder(tmp_path)
+    for suffix in (".onnx", ".json"):
+        shutil.copy2(entry.with_suffix(suffix), folder / entry.with_suffix(suffix).name)
     options = BackendOptions(device="cpu", cache_dir=tmp_path)
-    with OnnxRuntimeBackend(spec, weights_for(spec.name), options) as backend:
+    backend = OnnxRuntimeBackend(spec, weights_for(spec.name), options)
+    with backend:
         good = backend.infer(backend.preprocess(frames[:1]))
         path = backend.onnx_path
-    assert path is not None
+    assert path == folder / entry.name
     path.write_bytes(b"not an onnx file")  # a damaged entry whose metadata no longer matches
-    with OnnxRuntimeBackend(spec, weights_for(spec.name), options) as backend:
+    backend = OnnxRuntimeBackend(spec, weights_for(spec.name), options)
+    with backend:
         again = backend.infer(backend.preprocess(frames[:1]))
         assert backend.onnx_path == path and path.stat().st_size > 1_000_000
     torch.testing.assert_close(again, good)
