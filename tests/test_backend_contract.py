@@ -185,20 +185,9 @@ def test_second_load_is_faster_where_a_cache_exists(name: str, tmp_path: Path) -
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 @pytest.mark.parametrize("name", BACKENDS)
-def test_precision_a_cpu_backend_cannot_run_is_a_config_error(
-    name: str, precision: str, cache: Path, request: pytest.FixtureRequest
-) -> None:
+def test_precision_a_cpu_backend_cannot_run_is_a_config_error(name: str, precision: str, cache: Path) -> None:
     """A user's impossible request is a ConfigError (exit code 2), at construction or at load."""
     if _device(name) != "cpu":
         pytest.skip(f"{name} runs on a GPU only")
-    if name == "torch":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=BackendError,
-                reason="Backend.load (engines/backends/base.py) wraps the ConfigError that "
-                "TorchBackend._load_impl raises into a BackendError",
-            )
-        )
     with pytest.raises(ConfigError):
         make(name, cache, precision=precision).load()
