@@ -63,11 +63,10 @@ ExporterName = Literal["auto", "dynamo", "torchscript"]
 EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "torchscript")
 
 # Messages the exporters emit on every export of our models, all harmless:
-_QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
-    (r".*legacy TorchScript-based ONNX export", "DeprecationWarning"),
-    (r"The feature will be removed", "DeprecationWarning"),
-    (r"Constant folding - Only steps=1", "UserWarning"),
-    (r".*onnx_ir|.*onnxscript", "FutureWarning"),
+_QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r".*legacy TorchScript-based ONNX export", DeprecationWarning),
+    (r"The feature will be removed", DeprecationWarning),
+    (r"Constant folding - Only steps=1", UserWarning),
 )
 _QUIET_LOGGERS: tuple[str, ...] = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
 
@@ -100,10 +99,7 @@ def _quiet_exporter() -> Iterator[None]:
         tracer_warning = getattr(torch.jit, "TracerWarning", None)
         if isinstance(tracer_warning, type) and issubclass(tracer_warning, Warning):
             warnings.filterwarnings("ignore", category=tracer_warning)
-        for message, category_name in _QUIET_WARNINGS:
-            category = {"DeprecationWarning": DeprecationWarning, "UserWarning": UserWarning}.get(
-                category_name, FutureWarning
-            )
+        for message, category in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
         try:
             for logger in loggers:
@@ -544,3 +540,54 @@ def cached_onnx(
             "(another process is exporting this model, or a stale lock was left behind)"
         ) from exc
 
+
+def onnx_cache_files(cache_dir: Path | None = None, model: str | None = None) -> list[Path]:
+    """The exported ``.onnx`` files in the cache (``model``: only that model's)."""
+    folder = onnx_cache_folder(cache_dir)
+    files = sorted(folder.glob("*.onnx"))
+    if model is not None:
+        files = [p for p in files if p.name.startswith(f"{model}-")]
+    return files
+
+
+def clear_onnx_cache(cache_dir: Path | None = None, model: str | None = None) -> list[Path]:
+    """Delete cached exports (and their metadata, idle locks and leftover temporary files).
+
+    An entry whose lock another process holds (an export in progress) is left alone.
+    Returns the paths removed.
+    """
+    import filelock
+
+    folder = onnx_cache_folder(cache_dir)
+    prefix = "" if model is None else f"{model}-"
+    removed: list[Path] = []
+    for lock_path in sorted(folder.glob(f"{prefix}*.onnx.lock")):
+        lock = filelock.FileLock(str(lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            log.warning("ONNX cache: %s is being exported by another process; left in place", lock_path.name)
+            continue
+        try:
+            onnx_path = lock_path.with_suffix("")
+            for p in (onnx_path, _meta_path(onnx_path)):
+                if p.exists():
+                    p.unlink()
+                    removed.append(p)
+        finally:
+            lock.release()
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()
+            removed.append(lock_path)
+    for p in sorted(folder.glob(f"{prefix}*.onnx")) + sorted(folder.glob(f"{prefix}*.json")):
+        if p.with_suffix(".onnx.lock").exists():
+            continue  # its lock is held: skipped above
+        with contextlib.suppress(FileNotFoundError):  # entries without a lock file
+            p.unlink()
+            removed.append(p)
+    for p in sorted(folder.glob(f".{prefix}*.tmp")):
+        if time.time() - p.stat().st_mtime > 3600:  # an export that died; a live one is younger
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed

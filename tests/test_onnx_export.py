@@ -358,6 +358,25 @@ def test_lock_timeout_is_a_cache_error(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_clear_removes_idle_entries_only(exported: Callable[[str], Exported], tmp_path: Path) -> None:
+    import shutil
+
+    import filelock
+
+    entry = exported("efficientnet_lite0").fixed
+    folder = onnx_export.onnx_cache_folder(tmp_path)
+    for suffix in (".onnx", ".json"):
+        shutil.copy2(entry.with_suffix(suffix), folder / entry.with_suffix(suffix).name)
+    copied = folder / entry.name
+    assert onnx_export.onnx_cache_files(tmp_path) == [copied]
+    assert onnx_export.clear_onnx_cache(tmp_path, model="resnet18") == []
+    with filelock.FileLock(str(copied) + ".lock"):  # an export in progress
+        assert onnx_export.clear_onnx_cache(tmp_path, model="efficientnet_lite0") == []
+    removed = onnx_export.clear_onnx_cache(tmp_path, model="efficientnet_lite0")
+    assert copied in removed and copied.with_suffix(".json") in removed
+    assert list(folder.iterdir()) == []
+
+
 def test_cache_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMER_CACHE_DIR", str(tmp_path / "env-cache"))
     assert onnx_export.onnx_cache_folder() == tmp_path / "env-cache" / "onnx"
