@@ -1,0 +1,80 @@
+"""Decode-only and encode-only throughput of the source file, for ``--decode-encode-baseline``.
+
+The pipeline can never write a file faster than OpenCV decodes the input or
+encodes the output; the slower of the two is the ceiling that the pipeline's
+file throughput is compared against.  Both are measured in the same run, on
+the same frames, with the same FFmpeg backend and codec (mp4v) the pipeline uses.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from streamer.bench.stats import summarize
+
+StepFn = Callable[[str, int, int], None]
+
+
+def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | None = None, step: StepFn | None = None) -> dict[str, Any]:
+    import cv2
+    import numpy as np
+
+    def decode_all(keep: bool) -> tuple[int, float, list[np.ndarray]]:
+        frames: list[np.ndarray] = []
+        count = 0
+        start = time.perf_counter()
+        cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
+        try:
+            while max_frames is None or count < max_frames:
+                ok, image = cap.read()
+                if not ok or image is None:
+                    break
+                count += 1
+                if keep:
+                    frames.append(image)
+        finally:
+            cap.release()
+        return count, time.perf_counter() - start, frames
+
+    count, _, frames = decode_all(keep=True)  # also warms the file cache and FFmpeg
+    if count == 0:
+        raise ValueError(f"{source}: no decodable frame")
+    fps_in = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG).get(cv2.CAP_PROP_FPS) or 30.0
+    h, w = frames[0].shape[:2]
+    size = (w - w % 2 or 2, h - h % 2 or 2)
+    decode_fps = []
+    encode_fps = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in range(repeats):
+        n, seconds, _ = decode_all(keep=False)
+        decode_fps.append(n / seconds)
+        path = out_dir / f"encode-{r}.mp4"
+        start = time.perf_counter()
+        writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*"mp4v"), float(fps_in), size)
+        if not writer.isOpened():
+            raise RuntimeError("cannot open an mp4v writer")
+        for image in frames:
+            if (image.shape[1], image.shape[0]) != size:
+                image = image[: size[1], : size[0]]
+            writer.write(image)
+        writer.release()
+        encode_fps.append(len(frames) / (time.perf_counter() - start))
+        path.unlink(missing_ok=True)
+        if step is not None:
+            step("decode/encode baseline", r + 1, repeats)
+    dec = summarize(decode_fps)
+    enc = summarize(encode_fps)
+    dec_mean, enc_mean = float(sum(decode_fps) / len(decode_fps)), float(sum(encode_fps) / len(encode_fps))
+    bound = min(dec_mean, enc_mean)
+    return {
+        "frames": count,
+        "frame_size": [w, h],
+        "decode_fps": dec,
+        "encode_fps": enc,
+        "codec": "mp4v (OpenCV FFmpeg writer)",
+        "bound_fps": bound,
+        "bound_by": "decode" if dec_mean <= enc_mean else "encode",
+        "serial_fps": 1.0 / (1.0 / dec_mean + 1.0 / enc_mean),
+    }

@@ -1,0 +1,319 @@
+"""Processing time: the network alone, and the whole pipeline stage by stage.
+
+Network alone
+    The source's frames are decoded and preprocessed once (by the backend's own
+    ``preprocess``, so they sit on its input device in its input dtype), then
+    ``backend.infer`` is called on them: one untimed-in-the-stats first call
+    (reported as the first-inference latency), ``warmup`` calls, then
+    ``repeats`` passes over every frame.  Each call is timed on its own and the
+    backend is synchronised before the timer is read: with CUDA events on a GPU
+    (plus ``perf_counter`` wall time beside them), with ``perf_counter`` around
+    ``infer`` + ``synchronize`` on the CPU.
+
+Pipeline
+    :class:`streamer.pipeline.Pipeline` over the same source into a real video
+    sink (so the write stage is encoding) or a :class:`NullSink`: one warm-up
+    run of ``warmup`` frames, then ``repeats`` full runs.  Per-stage times come
+    from the pipeline's own :class:`~streamer.stats.StageTimes`; the time per
+    frame is the interval between successive frames leaving the render stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, cast
+
+from streamer.bench.stats import across_repeats, interval_rate, intervals, summarize
+from streamer.stats import STAGES
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from engines.backends.base import Backend
+
+StepFn = Callable[[str, int, int], None]
+
+THREAD_GROUPS: dict[str, tuple[str, ...]] = {
+    "capture thread (decode)": ("decode",),
+    "inference thread (preprocess + inference + postprocess)": ("preprocess", "inference", "postprocess"),
+    "render thread (render + write)": ("render", "write"),
+}
+
+
+SINK_TEXT = {
+    "video": "mp4v video file in a temporary folder, built by make_sink as `streamer run -o` builds it (write = encoding)",
+    "null": "NullSink (write = nothing)",
+    "images": "JPEG files in a temporary folder, built by make_sink (write = encoding)",
+}
+
+
+class CallTimer:
+    """Times one call: CUDA events and wall clock on a GPU, wall clock + synchronize on the CPU."""
+
+    def __init__(self, backend: "Backend") -> None:
+        self.backend = backend
+        self.cuda = backend.device.startswith("cuda")
+        self.name = "cuda_events" if self.cuda else "perf_counter+synchronize"
+        if self.cuda:
+            import torch
+
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def time(self, fn: Callable[[], object]) -> tuple[float, float]:
+        """(primary ms, wall ms). Primary is the CUDA-event time on a GPU, else the wall time."""
+        self.backend.synchronize()
+        if self.cuda:
+            t0 = time.perf_counter()
+            self._start.record()
+            fn()
+            self._end.record()
+            self.backend.synchronize()
+            t1 = time.perf_counter()
+            return float(self._start.elapsed_time(self._end)), (t1 - t0) * 1000.0
+        t0 = time.perf_counter()
+        fn()
+        self.backend.synchronize()
+        t1 = time.perf_counter()
+        wall = (t1 - t0) * 1000.0
+        return wall, wall
+
+
+def source_batches(backend: "Backend", source_text: str, batch: int, max_frames: int | None = None) -> "list[torch.Tensor]":
+    """The source's frames, decoded once and preprocessed by the backend into full batches on its input device.
+
+    Frames are preprocessed as they are decoded, so the decoded frames are not
+    all held at once.  A trailing partial batch is left out; a source shorter
+    than one batch is cycled to fill it.
+    """
+    from streamer.sources import SourceOptions, open_source
+
+    out = []
+    pending: list[np.ndarray] = []
+    seen: list[np.ndarray] = []
+    count = 0
+    with open_source(source_text, SourceOptions()) as src:
+        for frame in src:
+            pending.append(frame.image)
+            if len(seen) < batch:
+                seen.append(frame.image)
+            count += 1
+            if len(pending) == batch:
+                out.append(backend.preprocess(pending))
+                pending = []
+            if max_frames is not None and count >= max_frames:
+                break
+    if not out and seen:
+        out.append(backend.preprocess([seen[i % len(seen)] for i in range(batch)]))
+    backend.synchronize()
+    return out
+
+
+def time_network(
+    backend: "Backend",
+    batches: "list[torch.Tensor]",
+    repeats: int,
+    warmup: int,
+    step: StepFn | None = None,
+) -> dict[str, Any]:
+    if not batches:
+        raise ValueError("no input batches")
+    batch = int(batches[0].shape[0])
+    timer = CallTimer(backend)
+    first_primary, first_wall = timer.time(lambda: backend.infer(batches[0]))
+    for i in range(warmup):
+        timer.time(lambda: backend.infer(batches[i % len(batches)]))
+    primary: list[list[float]] = []
+    wall: list[list[float]] = []
+    fps: list[float] = []
+    total = repeats * len(batches)
+    done = 0
+    for _ in range(repeats):
+        p_rep: list[float] = []
+        w_rep: list[float] = []
+        for x in batches:
+            p, w = timer.time(lambda: backend.infer(x))
+            p_rep.append(p)
+            w_rep.append(w)
+            done += 1
+            if step is not None and done % 8 == 0:
+                step("network", done, total)
+        primary.append(p_rep)
+        wall.append(w_rep)
+        fps.append(batch * len(w_rep) / (sum(w_rep) / 1000.0))
+    lat = across_repeats(primary)
+    mean = lat["mean"]
+    return {
+        "timer": timer.name,
+        "per_call": f"one infer() call on a batch of {batch}, synchronised",
+        "latency_ms": lat,
+        "latency_wall_ms": across_repeats(wall),
+        "per_image_ms": (mean / batch) if isinstance(mean, float) else None,
+        "throughput_fps": summarize(fps)["mean"],
+        "throughput_fps_std": summarize(fps)["std"],
+        "first_infer_ms": first_primary,
+        "first_infer_wall_ms": first_wall,
+        "calls_per_repeat": len(batches),
+        "samples": [v for rep in primary for v in rep],
+    }
+
+
+@dataclass
+class FrameRecorder:
+    """Stands in for the pipeline's predictions writer: keeps per-frame timestamps, latency and top-1."""
+
+    times: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    top1: list[int] = field(default_factory=list)
+
+    def write(self, frame: Any, prediction: Any, latency_ms: float) -> None:
+        self.times.append(time.perf_counter())
+        self.latency_ms.append(float(latency_ms))
+        self.top1.append(int(prediction.indices[0]))
+
+    def finalize(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class KeepOpen:
+    """Hands an already-loaded backend to a Pipeline without letting the pipeline close it.
+
+    The pipeline builds and closes its backend around every run; the bench runs
+    the pipeline many times on one warm engine, so ``load`` and ``close`` are no-ops here.
+    """
+
+    def __init__(self, backend: "Backend") -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def load(self, warmup: bool = True) -> "KeepOpen":
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class PipelineRun:
+    wall_s: float
+    frames_in: int
+    frames_out: int
+    dropped: int
+    first_frame_s: float | None
+    stages: dict[str, list[float]]
+    recorder: FrameRecorder
+    fps: float | None
+
+
+def run_pipeline(
+    source_text: str,
+    backend: "Backend",
+    *,
+    sink_kind: str,
+    out_dir: Path,
+    batch: int = 1,
+    max_frames: int | None = None,
+    realtime: bool = False,
+    target_fps: float | None = None,
+    warning: str | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> PipelineRun:
+    """One run of the real pipeline with ``backend`` kept loaded.
+
+    ``wall_s`` runs from before the source is opened to after the output is
+    finalised: the end-to-end time a user waits for the frames.
+    """
+    from streamer.pipeline import Pipeline, PipelineConfig
+    from streamer.sinks import make_sink
+    from streamer.sources import SourceOptions, open_source
+
+    t0 = time.perf_counter()
+    source = open_source(source_text, SourceOptions(realtime=realtime))
+    if realtime and target_fps is not None:
+        source.fps = target_fps  # replay at the target rate instead of the file's own
+    # The sink `streamer run -o` would build (a threaded writer for files), so the bench measures the application.
+    if sink_kind == "null":
+        target: str | None = None
+    elif sink_kind == "images":
+        target = str(out_dir / f"bench-images-{time.perf_counter_ns()}") + "/"
+    else:
+        target = str(out_dir / f"bench-{'live' if realtime else 'file'}-{time.perf_counter_ns()}.mp4")
+    try:
+        sink = make_sink(target, False, overwrite=True)
+        assert source.frame_size is not None
+        sink.open(source.frame_size, source.fps)
+    except BaseException:
+        source.close()
+        raise
+    recorder = FrameRecorder()
+    config = PipelineConfig(batch=batch, max_frames=max_frames)
+    keep = KeepOpen(backend)
+    pipeline = Pipeline(
+        source, sink, lambda: cast("Backend", keep), config, cast(Any, recorder), warning=warning, on_frame=on_frame
+    )
+    summary = pipeline.run()
+    wall = time.perf_counter() - t0
+    if target is not None:
+        _remove(Path(target.rstrip("/")))
+    stages = {k: list(v) for k, v in pipeline.times.samples.items()}
+    return PipelineRun(
+        wall_s=wall,
+        frames_in=summary.frames_in,
+        frames_out=summary.frames_out,
+        dropped=summary.dropped,
+        first_frame_s=summary.first_frame_s,
+        stages=stages,
+        recorder=recorder,
+        fps=interval_rate(recorder.times),
+    )
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    try:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def summarize_pipeline(runs: list[PipelineRun], sink_kind: str) -> dict[str, Any]:
+    """Per-stage mean ± std across runs and percentiles over frames; frame interval; FPS."""
+    stages: dict[str, Any] = {}
+    for stage in STAGES:
+        per_run = [[s * 1000.0 for s in r.stages.get(stage, [])] for r in runs]
+        if any(per_run):
+            stages[stage] = across_repeats(per_run)
+    means = {k: v["mean"] for k, v in stages.items() if isinstance(v.get("mean"), float)}
+    slowest = max(means, key=lambda k: means[k]) if means else None
+    groups = {name: sum(means.get(s, 0.0) for s in members) for name, members in THREAD_GROUPS.items()}
+    fps = [r.fps for r in runs if r.fps is not None]
+    first = [r.first_frame_s * 1000.0 for r in runs if r.first_frame_s is not None]
+    return {
+        "sink": SINK_TEXT.get(sink_kind, sink_kind),
+        "runs": len(runs),
+        "frames_per_run": runs[0].frames_out if runs else 0,
+        "fps": summarize(fps),
+        "frame_interval_ms": across_repeats([[i * 1000.0 for i in intervals(r.recorder.times)] for r in runs]),
+        "stages_ms": stages,
+        "serial_ms_per_frame": sum(means.values()) if means else None,
+        "slowest_stage": slowest,
+        "slowest_stage_ms": means.get(slowest) if slowest else None,
+        "thread_ms_per_frame": groups,
+        "slowest_thread": max(groups, key=lambda k: groups[k]) if means else None,
+        "wall_s": summarize([r.wall_s for r in runs]),
+        "start_to_first_frame_ms": summarize(first),
+        "capture_to_render_ms": across_repeats([r.recorder.latency_ms for r in runs]),
+    }

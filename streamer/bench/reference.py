@@ -1,0 +1,196 @@
+"""References: PyTorch fp32 on the CPU (for output change), and the lab's own method (for speed).
+
+The lab's method, redone on the same images and device: one image at a time
+through PIL and torchvision transforms, the model on the device, the argmax
+pulled to the host per image with ``.item()``, the label drawn with PIL's
+``ImageDraw`` and the image saved.  Beside it, the pipeline's own run over the
+same image folder (OpenCV decode, batched-capable GPU/CPU preprocessing,
+threads, JPEG output), so the reader sees what the pipeline gains end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from streamer.bench.stats import across_repeats, summarize
+
+StepFn = Callable[[str, int, int], None]
+
+
+def image_paths(folder: Path) -> list[Path]:
+    from streamer.sources import IMAGE_EXTENSIONS
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def find_labels(folder: Path) -> dict[str, Any]:
+    """``labels.json`` in the image folder or its parent (the samples layout), else {}."""
+    for candidate in (folder / "labels.json", folder.parent / "labels.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def compute_reference(model: str, weights: str, images: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Preprocess ``images`` once on the CPU and run PyTorch fp32 on the CPU; save both as .npy."""
+    import cv2
+    import torch
+
+    from engines.models import WeightsChoice, build_model, get_spec
+    from engines.preprocess import preprocess
+
+    spec = get_spec(model)
+    loaded = build_model(spec, WeightsChoice.parse(weights))
+    tensors = []
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{path}: not a readable image")
+        tensors.append(preprocess([image], spec.preprocess, "cpu", torch.float32))
+    inputs = torch.cat(tensors)
+    with torch.inference_mode():
+        logits = loaded.module(inputs).float()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "inputs.npy", inputs.numpy())
+    np.save(out_dir / "reference.npy", logits.numpy())
+    names = [p.name for p in images]
+    (out_dir / "names.json").write_text(json.dumps(names), encoding="utf-8")
+    top1 = logits.argmax(1).tolist()
+    return {
+        "backend": "torch",
+        "precision": "fp32",
+        "device": "cpu",
+        "images": names,
+        "top1": {n: spec.labels[i] for n, i in zip(names, top1)},
+    }
+
+
+def _pil_transform(model: str) -> Any:
+    from torchvision import transforms as T
+
+    from engines.models import get_spec
+
+    pp = get_spec(model).preprocess
+    mode = T.InterpolationMode.BICUBIC if pp.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+    return T.Compose([T.Resize(pp.resize, interpolation=mode), T.CenterCrop(pp.crop), T.ToTensor(), T.Normalize(pp.mean, pp.std)])
+
+
+def lab_method(
+    model: str,
+    weights: str,
+    device: str,
+    images: list[Path],
+    repeats: int,
+    warmup: int,
+    out_dir: Path,
+    threads: int | None = None,
+    step: StepFn | None = None,
+) -> dict[str, Any]:
+    """The lab's loop, timed per image (open, transform, infer, ``.item()``, draw, save)."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from engines.backends.base import resolve_device_name
+    from engines.models import WeightsChoice, build_model, get_spec
+
+    device = resolve_device_name(device)
+    if threads is not None and device == "cpu":
+        torch.set_num_threads(threads)
+    spec = get_spec(model)
+    labels = spec.labels
+    t0 = time.perf_counter()
+    module = build_model(spec, WeightsChoice.parse(weights)).module.to(device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    load_s = time.perf_counter() - t0
+    transform = _pil_transform(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(path: Path) -> tuple[float, int]:
+        start = time.perf_counter()
+        img = Image.open(path).convert("RGB")
+        x = transform(img).unsqueeze(0).to(device)
+        with torch.no_grad():
+            out = module(x)
+        idx = int(out.argmax(1).item())
+        draw = ImageDraw.Draw(img)
+        draw.text((10, 10), labels[idx], fill=(255, 0, 0))
+        img.save(out_dir / path.name)
+        return time.perf_counter() - start, idx
+
+    for i in range(warmup):
+        one(images[i % len(images)])
+    per_image: list[list[float]] = []
+    totals: list[float] = []
+    top1: list[int] = []
+    for r in range(repeats):
+        t_rep = time.perf_counter()
+        rep = []
+        for path in images:
+            seconds, idx = one(path)
+            rep.append(seconds * 1000.0)
+            if r == 0:
+                top1.append(idx)
+        totals.append(time.perf_counter() - t_rep)
+        per_image.append(rep)
+        if step is not None:
+            step("lab method", r + 1, repeats)
+    return {
+        "method": "PIL open + torchvision transforms + model(x) + argmax().item() + ImageDraw + save, one image at a time",
+        "device": device,
+        "load_s": load_s,
+        "per_image_ms": across_repeats(per_image),
+        "total_s": summarize(totals),
+        "images": len(images),
+        "top1": top1,
+    }
+
+
+def pipeline_folder(
+    model: str,
+    weights: str,
+    device: str,
+    folder: Path,
+    repeats: int,
+    out_dir: Path,
+    threads: int | None = None,
+    step: StepFn | None = None,
+) -> dict[str, Any]:
+    """``streamer run FOLDER -o DIR`` with torch fp32 on ``device``: end-to-end wall time for the N images."""
+    from engines.backends import create_backend
+    from engines.backends.base import BackendOptions
+    from engines.models import WeightsChoice, get_spec
+    from streamer.bench.latency import run_pipeline
+
+    spec = get_spec(model)
+    backend = create_backend("torch", spec, WeightsChoice.parse(weights), BackendOptions(device=device, threads=threads))
+    backend.load()
+    try:
+        run_pipeline(str(folder), backend, sink_kind="images", out_dir=out_dir)  # warm-up pass
+        runs = []
+        for r in range(repeats):
+            runs.append(run_pipeline(str(folder), backend, sink_kind="images", out_dir=out_dir))
+            if step is not None:
+                step("pipeline on images", r + 1, repeats)
+    finally:
+        backend.close()
+    walls = [r.wall_s for r in runs]
+    n = runs[0].frames_out if runs else 0
+    return {
+        "method": "streamer.pipeline.Pipeline over the folder (OpenCV decode, threads) -> JPEG folder, torch fp32, batch 1",
+        "device": backend.device,
+        "total_s": summarize(walls),
+        "per_image_ms": summarize([w * 1000.0 / n for w in walls]) if n else summarize([]),
+        "per_image_of": "each run's wall time / images (the pipeline overlaps images, so no per-image timer exists)",
+        "images": n,
+        "top1": runs[0].recorder.top1 if runs else [],
+    }

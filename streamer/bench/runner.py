@@ -1,0 +1,291 @@
+"""Runs a bench: plans the jobs, runs each in a fresh worker process, assembles the report.
+
+Order: the PyTorch fp32 CPU reference logits for each model with real
+weights (every case compares against them), the cases, the lab's method and
+the pipeline over the image folder, and the decode/encode baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engines.errors import ConfigError, SinkError
+from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case
+from streamer.bench.progress import BenchProgress
+from streamer.bench.worker import PROGRESS_PREFIX
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPORT_FILES = ("report.md", "report.json", "report.csv")
+
+
+@dataclass
+class Job:
+    label: str
+    spec: dict[str, Any]
+    case: Case | None = None
+
+
+def prepare_report_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise SinkError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any((path / name).exists() for name in REPORT_FILES) and not overwrite:
+        raise SinkError(f"{path} already holds a report; pass --overwrite to replace it")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"{path}: cannot create the report folder ({exc.strerror})") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SinkError(f"{path}: report folder is not writable")
+    if overwrite:
+        for old in path.glob("*.png"):
+            old.unlink()
+
+
+def precheck(case: Case) -> str | None:
+    """A reason this case cannot run, found without starting it (None: try it)."""
+    from engines.backends import backend_class, backend_installed
+    from engines.errors import BackendUnavailable
+
+    if not backend_installed(case.backend):
+        try:
+            backend_class(case.backend)
+        except BackendUnavailable as exc:
+            return str(exc)
+        return f"backend {case.backend!r} is not installed"
+    try:
+        backend_class(case.backend)
+    except ImportError as exc:
+        return f"backend {case.backend!r}: its module does not import here ({type(exc).__name__}: {exc})"
+    cpu = case.device == "cpu"
+    if cpu and case.backend in ("tensorrt", "torch2trt"):
+        return f"{case.backend} needs a CUDA GPU"
+    if not cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"device {case.device} requested but CUDA is not available"
+    if case.backend == "torch":
+        if case.precision == "int8":
+            return "torch backend: int8 is not supported (use tensorrt or torch2trt)"
+        if cpu and case.precision == "fp16":
+            return "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
+        if cpu and "cuda_graphs" in case.variant:
+            return "CUDA graphs need a CUDA device"
+    return None
+
+
+def source_info(source: Path) -> dict[str, Any]:
+    from streamer.sources import SourceOptions, VideoFileSource, open_source
+
+    src = open_source(str(source), SourceOptions())
+    try:
+        return {
+            "path": str(source),
+            "kind": src.kind,
+            "video": isinstance(src, VideoFileSource),
+            "fps": src.fps if isinstance(src, VideoFileSource) else None,
+            "fps_trusted": src.fps_trusted,
+            "frames": src.total_hint,
+            "frame_size": list(src.frame_size) if src.frame_size else None,
+        }
+    finally:
+        src.close()
+
+
+def _spawn(job: Job, index: int, work: Path, log_path: Path, ui: BenchProgress, timeout_s: float) -> dict[str, Any]:
+    job_path = work / f"job-{index:03d}.json"
+    result_path = work / f"result-{index:03d}.json"
+    err_path = work / f"job-{index:03d}.log"
+    job_path.write_text(json.dumps(job.spec), encoding="utf-8")
+    env = os.environ.copy()
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "-m", "streamer.bench.worker", str(job_path), str(result_path)]
+    timed_out = threading.Event()
+    with open(err_path, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        other: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(PROGRESS_PREFIX):
+                    try:
+                        msg = json.loads(line[len(PROGRESS_PREFIX) :])
+                        ui.step(str(msg.get("phase", "")), int(msg.get("done", 0)), int(msg.get("total", 0)))
+                    except (ValueError, TypeError):
+                        pass
+                else:
+                    other.append(line)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+    log_text = err_path.read_text(encoding="utf-8", errors="replace")
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.write(f"\n===== {job.label} (exit {rc}) =====\n")
+        if other:
+            fh.write("".join(other))
+        fh.write(log_text)
+    if result_path.is_file():
+        result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
+        return result
+    if timed_out.is_set():
+        return {"status": "failed", "reason": f"timed out after {timeout_s:.0f} s (--case-timeout)"}
+    tail = [ln for ln in log_text.strip().splitlines() if ln.strip()][-1:] or ["no output"]
+    return {"status": "failed", "reason": f"worker exited with status {rc}: {tail[0][:300]}"}
+
+
+def plan(config: BenchConfig, work: Path, source: dict[str, Any], images: list[Path], labels: dict[str, Any]) -> tuple[list[Job], list[tuple[Case, str]]]:
+    from engines.backends.base import resolve_device_name
+
+    jobs: list[Job] = []
+    skipped: list[tuple[Case, str]] = []
+    ref_dirs: dict[str, str] = {}
+    for model in config.models:
+        if model.random:
+            continue
+        out_dir = work / f"reference-{model.name}"
+        ref_dirs[model.name] = str(out_dir)
+        jobs.append(
+            Job(
+                f"{model.name} reference (torch fp32 cpu, {len(images)} images)",
+                {"kind": "reference", "model": model.name, "weights": model.weights, "images": [str(p) for p in images], "out_dir": str(out_dir)},
+            )
+        )
+    cache_root = config.cache_dir if config.cache_dir is not None else work / "cache"
+    for case in config.cases():
+        reason = precheck(case)
+        if reason is not None:
+            skipped.append((case, reason))
+            continue
+        case_cache = cache_root if config.cache_dir is not None else cache_root / case.key
+        spec: dict[str, Any] = {
+            "kind": "case",
+            "key": case.key,
+            "model": case.model.name,
+            "weights": case.model.weights,
+            "backend": case.backend,
+            "precision": case.precision,
+            "device": case.device,
+            "batch": case.batch,
+            **case.option_fields(),
+            "cache_dir": str(case_cache),
+            "workspace_mb": config.workspace_mb,
+            "calib_dir": str(config.calib_dir) if config.calib_dir else None,
+            "threads": config.threads,
+            "source": str(config.source),
+            "source_fps": source.get("fps"),
+            "max_frames": config.max_frames,
+            "repeats": config.repeats,
+            "warmup": config.warmup,
+            "sink": config.sink,
+            "target_fps": config.target_fps,
+            "realtime": config.realtime and bool(source.get("video")) and (config.target_fps or source.get("fps")) is not None,
+            "reference_dir": ref_dirs.get(case.model.name),
+            "labels": labels,
+            "work_dir": str(work),
+        }
+        jobs.append(Job(case.label, spec, case))
+    if config.lab_reference:
+        for model in config.models:
+            for device in config.devices:
+                dev = resolve_device_name(device)
+                jobs.append(
+                    Job(
+                        f"{model.name} lab method vs pipeline on {len(images)} images ({dev})",
+                        {
+                            "kind": "lab",
+                            "model": model.name,
+                            "weights": model.weights,
+                            "device": dev,
+                            "images": [str(p) for p in images],
+                            "images_dir": str(config.images),
+                            "repeats": config.repeats,
+                            "warmup": min(config.warmup, 3),
+                            "threads": config.threads,
+                            "work_dir": str(work / f"lab-{model.name}-{dev.replace(':', '')}"),
+                        },
+                    )
+                )
+    if config.codec_baseline and source.get("video"):
+        jobs.append(
+            Job(
+                "decode-only / encode-only baseline",
+                {"kind": "codec", "source": str(config.source), "repeats": config.repeats, "max_frames": config.max_frames, "work_dir": str(work / "codec")},
+            )
+        )
+    return jobs, skipped
+
+
+def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Run everything ``config`` asks for and write the report; returns the report dict."""
+    from streamer.bench import environment
+    from streamer.bench.assemble import assemble
+    from streamer.bench.plots import write_plots
+    from streamer.bench.reference import find_labels, image_paths
+    from streamer.bench.report import write_reports
+
+    prepare_report_dir(config.report_dir, config.overwrite)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    source = source_info(config.source)
+    if not config.images.is_dir():
+        raise ConfigError(f"{config.images}: image folder not found (--images)")
+    images = image_paths(config.images)
+    if not images:
+        raise ConfigError(f"{config.images}: no images (--images)")
+    labels = {k: v for k, v in find_labels(config.images).items() if not k.startswith("_")}
+    env = environment.collect(config.devices[0])
+    env["git"] = environment.git_state(REPO_ROOT)
+    work = Path(tempfile.mkdtemp(prefix="streamer-bench-"))
+    log_path = config.report_dir / "bench.log"
+    log_path.write_text(f"streamer bench log, {started.isoformat()}\n{config.command}\n", encoding="utf-8")
+    try:
+        jobs, skipped = plan(config, work, source, images, labels)
+        results: list[tuple[Job, dict[str, Any]]] = []
+        known_skips: dict[str, str] = {}
+        with BenchProgress(len(jobs), enabled=progress) as ui:
+            for i, job in enumerate(jobs):
+                ui.start_job(i, job.label)
+                # A configuration the backend refused at one batch size is refused at every batch size.
+                skip_key = job.case.key.rsplit("-b", 1)[0] if job.case is not None else None
+                if skip_key is not None and skip_key in known_skips:
+                    result = {"status": "skipped", "reason": known_skips[skip_key]}
+                else:
+                    result = _spawn(job, i, work, log_path, ui, config.case_timeout_s)
+                if skip_key is not None and result.get("status") == "skipped":
+                    known_skips[skip_key] = str(result.get("reason"))
+                ui.end_job(str(result.get("status")), result.get("reason"))
+                results.append((job, result))
+        report = assemble(config, env, source, images, labels, results, skipped, work)
+        report["started"] = started.isoformat(timespec="seconds")
+        report["duration_s"] = time.perf_counter() - t0
+        write_plots(report, work, config.report_dir)
+        write_reports(report, config.report_dir)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = ["RANDOM_NOTE", "run_bench"]

@@ -1,0 +1,373 @@
+"""``streamer bench``: the report's content and schema on a small CPU run, never its speed.
+
+One real run (efficientnet_lite0, 6 frames, 2 photographs, 2 repeats, torch and
+onnxruntime where it imports) feeds most tests; the rest check the pieces on
+made-up numbers (statistics, output comparison, nvidia-smi parsing, the verdict,
+a GPU-shaped report) and the command's errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engines.errors import ConfigError, SinkError, SourceError
+from streamer.bench import diff as diffmod
+from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case, ModelChoice
+from streamer.bench.memory import engine_info, parse_compute_apps
+from streamer.bench.realtime import verdict
+from streamer.bench.stats import across_repeats, interval_rate, summarize
+from streamer.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEO = REPO / "samples" / "video" / "bigbuckbunny.mp4"
+IMAGES = REPO / "samples" / "images"
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+BACKENDS = ["torch", "onnxruntime"] if HAS_ORT else ["torch"]
+ROW_KEYS = {
+    "backend", "precision", "device", "model", "batch", "load", "latency_ms", "throughput_fps", "memory",
+    "diff_vs_reference", "realtime", "status", "reason", "first_frame", "variant", "weights",
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("bench")
+    images = root / "images"
+    images.mkdir()
+    for name in ("cat.jpg", "coffee.jpg"):
+        shutil.copy(IMAGES / name, images / name)
+    shutil.copy(REPO / "samples" / "labels.json", root / "labels.json")
+    report = root / "report"
+    argv = [
+        "bench", str(VIDEO),
+        "--model", "efficientnet_lite0",
+        "--backends", ",".join([*BACKENDS, "tensorrt", "torch2trt"]),
+        "--precision", "fp32,fp16",
+        "--device", "cpu",
+        "--batch", "1,2",
+        "--repeats", "2", "--warmup", "1", "--max-frames", "6",
+        "--images", str(images),
+        "--decode-encode-baseline",
+        "--report", str(report),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    data = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    return report, data
+
+
+def _rows(data: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
+    return [r for r in data["results"] if all(r[k] == v for k, v in match.items())]
+
+
+def _all_numbers(value: Any) -> list[float]:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _all_numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _all_numbers(v)]
+    return []
+
+
+# -- the real run ------------------------------------------------------------------
+def test_writes_every_file(bench: tuple[Path, dict[str, Any]]) -> None:
+    report, _ = bench
+    for name in ("report.md", "report.json", "report.csv", "samples.json", "bench.log"):
+        assert (report / name).is_file(), name
+    for name in ("latency.png", "stages.png", "diff_hist.png", "throughput.png"):
+        head = (report / name).read_bytes()[:8]
+        assert head == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_json_schema(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, data = bench
+    env = data["environment"]
+    for key in ("cpu_model", "cpu_cores_logical", "gpu_name", "driver", "cuda", "torch", "tensorrt", "onnxruntime", "opencv", "os", "python", "jetson_power_mode", "jetson_clocks"):
+        assert key in env, key
+    assert env["gpu_name"] is None and env["driver"] is None and env["jetson_power_mode"] is None
+    assert data["results"], "no rows"
+    for row in data["results"]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert {"cold_s", "warm_s"} <= set(row["load"])
+        assert {"mean", "std", "p50", "p95", "p99"} <= set(row["latency_ms"])
+        assert {"host_peak_mb", "gpu_process_mb", "torch_max_allocated_mb"} <= set(row["memory"])
+        assert all(math.isfinite(x) for x in _all_numbers(row))
+    # every backend x precision x batch is a row, measured or not
+    assert len(data["results"]) == (len(BACKENDS) + 2) * 2 * 2
+
+
+def test_measured_rows_are_complete_and_consistent(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, data = bench
+    for backend in BACKENDS:
+        for batch in (1, 2):
+            (row,) = _rows(data, backend=backend, precision="fp32", batch=batch)
+            assert row["status"] == "ok", row["reason"]
+            assert row["device"] == "cpu" and row["model"] == "efficientnet_lite0"
+            assert row["load"]["cold_s"] > 0 and row["load"]["warm_s"] > 0
+            lat = row["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["mean"] > 0
+            assert lat["n"] == 2 * (6 // batch)  # repeats x full batches of the 6 frames
+            assert row["timer"] == "perf_counter+synchronize"
+            assert row["throughput_fps"] > 0
+            assert row["per_image_ms"] == pytest.approx(lat["mean"] / batch)
+            stages = row["pipeline"]["stages_ms"]
+            assert set(stages) == {"decode", "preprocess", "inference", "postprocess", "render", "write"}
+            assert row["pipeline"]["frames_per_run"] == 6
+            mem = row["memory"]
+            assert mem["host_peak_mb"] > mem["host_baseline_mb"] > 0
+            assert mem["gpu_process_mb"] is None and mem["torch_max_allocated_mb"] is None  # no GPU: null, not 0
+            ff = row["first_frame"]
+            assert ff["first_infer_ms"] > 0 and ff["pipeline_start_to_first_frame_ms"] > 0
+
+
+def test_output_change_against_cpu_reference(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, data = bench
+    for backend in BACKENDS:
+        (row,) = _rows(data, backend=backend, precision="fp32", batch=1)
+        d = row["diff_vs_reference"]
+        assert set(d) >= {"max_abs", "mean_abs", "max_rel", "cosine", "top1_agreement", "top5_overlap"}
+        assert d["images"] == 2
+        assert d["max_abs"] < 1e-2 and d["cosine"] > 0.9999
+        assert d["top1_agreement"] == 100.0 and d["top5_overlap"] == 100.0
+        assert row["labelled_top1"] == {"correct": 2, "labelled": 2, "misses": []}
+    assert data["reference"]["efficientnet_lite0"]["top1"]["cat.jpg"]
+
+
+def test_realtime_only_for_batch_one(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, data = bench
+    (row,) = _rows(data, backend="torch", precision="fp32", batch=1)
+    rt = row["realtime"]
+    assert rt["target_fps"] == pytest.approx(25.0)
+    assert rt["frames_offered"] == 6 and rt["dropped"] >= 0
+    assert rt["sustained_fps"] is None or rt["sustained_fps"] > 0
+    assert rt["latency_p50_ms"] <= rt["latency_p99_ms"]
+    assert isinstance(rt["capable"], bool)
+    assert rt["verdict"].startswith("efficientnet_lite0 torch fp32 cpu b1: ")
+    assert rt["limit"] in {"decode", "preprocess", "inference", "postprocess", "render", "write"}
+    assert _rows(data, backend="torch", precision="fp32", batch=2)[0]["realtime"] is None
+    assert rt["verdict"] in data["verdicts"]
+
+
+def test_skipped_rows_say_why_and_carry_no_numbers(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, data = bench
+    expect = {
+        ("torch", "fp16"): "fp16",
+        ("tensorrt", "fp32"): "not installed",
+        ("torch2trt", "fp32"): "not installed",
+    }
+    for (backend, precision), words in expect.items():
+        for row in _rows(data, backend=backend, precision=precision):
+            assert row["status"] == "skipped"
+            assert words in row["reason"]
+            assert _all_numbers({k: v for k, v in row.items() if k != "batch"}) == [], row
+
+
+def test_markdown_opens_with_the_device_and_the_lab_table(bench: tuple[Path, dict[str, Any]]) -> None:
+    report, data = bench
+    text = (report / "report.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[0].startswith("# streamer bench")
+    assert lines[2].startswith("**Measured on: CPU ") and "cores)" in lines[2]
+    first_table = next(i for i, ln in enumerate(lines) if ln.startswith("| "))
+    assert lines[first_table] == "| backend | load time | processing time per image | max memory |"
+    assert lines[first_table - 2] == "## Results in the lab's format"
+    assert "cold: build model, load weights, move to device" in text
+    assert "606208" in text and "max_memory_allocated" in text
+    assert "## Skipped and failed" in text and "tensorrt" in text.split("## Skipped and failed")[1]
+    assert "2 real photographs" in text and "the lab's set had 11" in text
+    assert "## Real-time verdict" in text
+    for heading in ("## Network alone", "## Pipeline, stage by stage", "## Output change", "## Memory", "## Environment", "## The lab's method"):
+        assert heading in text
+
+
+def test_csv_has_one_line_per_row(bench: tuple[Path, dict[str, Any]]) -> None:
+    report, data = bench
+    with open(report / "report.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(data["results"])
+    assert {"backend", "precision", "batch", "load.cold_s", "latency_ms.p99", "memory.host_peak_mb", "diff_vs_reference.cosine", "realtime.verdict"} <= set(rows[0])
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert skipped and all(r["latency_ms.mean"] == "" for r in skipped)
+
+
+def test_lab_method_and_codec_baseline(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, data = bench
+    (lab,) = data["lab_method"]
+    assert lab["status"] == "ok" and lab["device"] == "cpu"
+    assert lab["lab"]["images"] == 2 and lab["pipeline"]["images"] == 2
+    assert lab["lab"]["total_s"]["mean"] > 0 and lab["pipeline"]["total_s"]["mean"] > 0
+    assert lab["speedup_total"] > 0 and lab["top1_agreement"] is not None
+    codec = data["codec_baseline"]
+    assert codec["decode_fps"]["mean"] > 0 and codec["encode_fps"]["mean"] > 0
+    assert codec["bound_fps"] == pytest.approx(min(codec["decode_fps"]["mean"], codec["encode_fps"]["mean"]))
+    assert codec["comparison"]
+
+
+def test_samples_back_the_percentiles(bench: tuple[Path, dict[str, Any]]) -> None:
+    report, data = bench
+    samples = json.loads((report / "samples.json").read_text(encoding="utf-8"))
+    (row,) = _rows(data, backend="torch", precision="fp32", batch=1)
+    net = samples[row["key"]]["network_ms"]
+    assert len(net) == row["latency_ms"]["n"]
+    assert np.percentile(net, 99) == pytest.approx(row["latency_ms"]["p99"])
+
+
+# -- pieces, on made-up numbers ---------------------------------------------------
+def test_statistics() -> None:
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert s["mean"] == 2.5 and s["p50"] == 2.5 and s["n"] == 4
+    assert summarize([5.0])["std"] is None  # one value: no spread, not a spread of 0
+    assert summarize([])["mean"] is None
+    r = across_repeats([[1.0, 1.0], [3.0, 3.0]])
+    assert r["mean"] == 2.0 and r["std"] == pytest.approx(math.sqrt(2.0)) and r["repeats"] == 2
+    assert interval_rate([0.0, 0.5, 1.0]) == 2.0  # intervals, not samples
+    assert interval_rate([1.0]) is None
+
+
+def test_compare_logits() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(4, 1000))
+    same = diffmod.compare(ref.copy(), ref)
+    assert same["max_abs"] == 0 and same["top1_agreement"] == 100 and same["cosine"] == pytest.approx(1.0)
+    moved = ref.copy()
+    moved[0, np.argmin(ref[0])] = ref[0].max() + 1.0  # image 0 gets a new top-1
+    d = diffmod.compare(moved, ref)
+    assert d["top1_agreement"] == 75.0 and d["top5_overlap"] == pytest.approx(95.0)
+    with pytest.raises(ValueError):
+        diffmod.compare(ref[:2], ref)
+    assert diffmod.labelled_top1(ref, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], {"a.jpg": [int(np.argmax(ref[0]))], "b.jpg": [-1]}) == {
+        "correct": 1, "labelled": 2, "misses": ["b.jpg"],
+    }
+
+
+def test_nvidia_smi_parsing_filters_our_pid() -> None:
+    text = "1234, 812\n999, 100\n1234, 20\n77, [N/A]\n"
+    assert parse_compute_apps(text, 1234) == 832.0
+    assert parse_compute_apps(text, 5) is None
+    assert parse_compute_apps("", 1) is None
+
+
+def test_engine_info_uses_what_the_backend_exposes() -> None:
+    class Paths:
+        def __init__(self, p: Path) -> None:
+            self.payload = p
+
+    class Result:
+        def __init__(self, p: Path) -> None:
+            self.paths, self.built, self.build_seconds = Paths(p), True, 12.5
+
+    class Engine:
+        device_memory_size = 4096
+
+    class Holder:
+        engine = Engine()
+
+    class Fake:
+        def __init__(self, p: Path) -> None:
+            self.cache_result, self._engine = Result(p), Holder()
+
+    path = Path(__file__)
+    info = engine_info(Fake(path))
+    assert info["engine_file_bytes"] == path.stat().st_size and info["cache_hit"] is False
+    assert info["engine_build_s"] == 12.5 and info["trt_device_memory_bytes"] == 4096
+    assert engine_info(object()) == {"engine_file_bytes": None, "engine_file": None, "trt_device_memory_bytes": None, "cache_hit": None, "engine_build_s": None}
+
+
+def test_verdict() -> None:
+    pipe = {"frame_interval_ms": {"p99": 20.0}, "slowest_stage": "inference", "slowest_stage_ms": 15.0, "slowest_thread": "inference thread"}
+    good = {"dropped": 0, "frames_offered": 100, "dropped_fraction": 0.0, "sustained_fps": 25.0}
+    v = verdict("x", 25.0, good, pipe)
+    assert v["capable"] is True and v["headroom_p99"] == pytest.approx(2.0) and "REAL-TIME" in v["verdict"]
+    bad = {"dropped": 30, "frames_offered": 100, "dropped_fraction": 0.3, "sustained_fps": 17.0}
+    v = verdict("x", 25.0, bad, pipe)
+    assert v["capable"] is False and "NOT real-time" in v["verdict"] and "inference" in v["verdict"]
+
+
+def test_gpu_shaped_report_renders(tmp_path: Path) -> None:
+    """A report with a CUDA row (driver memory), a random-weights model and a failure, rendered without a GPU."""
+    from streamer.bench.assemble import assemble
+    from streamer.bench.report import write_reports
+    from streamer.bench.runner import Job
+
+    alex = ModelChoice("alexnet", "random", note="its ImageNet weights are not on this machine")
+    config = BenchConfig(
+        source=VIDEO, images=IMAGES, report_dir=tmp_path, models=(alex,), backends=("torch", "tensorrt"),
+        precisions=("fp16",), devices=("cuda:0",), batches=(1,), command="streamer bench --model alexnet",
+    )
+    lat = {"mean": 1.0, "std": 0.1, "p50": 1.0, "p95": 1.2, "p99": 1.5, "min": 0.9, "max": 1.6, "n": 10, "repeats": 2}
+    ok: dict[str, Any] = {
+        "status": "ok",
+        "load": {"cold_s": 2.5, "warm_s": 0.4, "cuda_context_s": 0.3},
+        "network": {"timer": "cuda_events", "latency_ms": lat, "latency_wall_ms": lat, "per_image_ms": 1.0, "throughput_fps": 1000.0, "first_infer_ms": 3.0, "samples": [1.0] * 10},
+        "memory": {"host_peak_mb": 3000.0, "gpu_process_mb": 900.0, "gpu_process_by_phase_mb": {"cold_load": 950.0}, "gpu_method": "nvidia-smi", "torch_max_allocated_mb": 0.578125},
+        "realtime": None,
+    }
+    case_ok = Case(alex, "torch", "fp16", "eager", "cuda:0", 1)
+    case_bad = Case(alex, "tensorrt", "fp16", "eager", "cuda:0", 1)
+    results: list[tuple[Job, dict[str, Any]]] = [
+        (Job(case_ok.label, {"kind": "case"}, case_ok), ok),
+        (Job(case_bad.label, {"kind": "case"}, case_bad), {"status": "failed", "reason": "EngineError: build failed"}),
+    ]
+    env = {"cpu_model": "Test CPU", "cpu_cores_logical": 16, "gpu_name": "NVIDIA H100", "driver": "580.1", "cuda": "13.0"}
+    source = {"path": str(VIDEO), "fps": 25.0, "video": True, "frames": 132, "frame_size": [1280, 720]}
+    report = assemble(config, env, source, sorted(IMAGES.glob("*.jpg")), {}, results, [], tmp_path)
+    write_reports(report, tmp_path)
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "**Measured on: GPU NVIDIA H100 (driver 580.1, CUDA 13.0); host CPU Test CPU (16 cores)**" in text
+    assert f"({RANDOM_NOTE})" in text
+    assert "| 950 MB (GPU, driver) |" in text and "| 900 MB (GPU, driver) |" in text
+    assert "EngineError: build failed" in text
+    data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    row = data["results"][0]
+    assert row["diff_vs_reference"] is None and row["diff_note"] == RANDOM_NOTE
+    assert row["memory"]["torch_max_allocated_mb"] == 0.578125
+    assert data["results"][1]["status"] == "failed" and data["results"][1]["latency_ms"]["mean"] is None
+    assert any("random weights: timing only" in n for n in data["notes"])
+
+
+# -- the command's errors -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--backends", "torch,bogus"], "unknown backend 'bogus'"),
+        (["--precision", "fp8"], "unknown precision"),
+        (["--batch", "0"], "--batch"),
+        (["--device", "gpu"], "device must be"),
+        (["--variants", "turbo"], "unknown variant"),
+    ],
+)
+def test_bad_options_fail_in_one_line(extra: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", str(VIDEO), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r"), "--no-progress", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == ConfigError.exit_code
+    assert len(err) == 1 and words in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_source_and_existing_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", str(tmp_path / "nope.mp4"), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r"), "--no-progress"])
+    assert code == SourceError.exit_code and "no such file" in capsys.readouterr().err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "report.json").write_text("{}", encoding="utf-8")
+    code = main(["bench", str(VIDEO), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r"), "--no-progress", "--backends", "tensorrt"])
+    assert code == SinkError.exit_code and "--overwrite" in capsys.readouterr().err
+
+
+def test_png_is_real_image(bench: tuple[Path, dict[str, Any]]) -> None:
+    report, _ = bench
+    data = (report / "stages.png").read_bytes()
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 300 and height > 200
