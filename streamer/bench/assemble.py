@@ -169,7 +169,7 @@ def assemble(
             comparison.append({"key": row["key"], "pipeline_fps": fps, "ratio_to_bound": fps / codec["bound_fps"] if codec.get("bound_fps") else None})
         codec["comparison"] = comparison
     verdicts = [r["realtime"]["verdict"] for r in rows if r.get("realtime") and r["realtime"].get("verdict")]
-    notes = _notes(config, rows, images)
+    notes = _notes(config, rows, images, env)
     busy = [r for r in rows if ((r.get("machine_load") or {}).get("other_processes") or 0.0) > BUSY_THRESHOLD]
     if busy:
         worst = max((r["machine_load"]["other_processes"] for r in busy))
@@ -238,7 +238,7 @@ def _lab_entry(job: "Job", result: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _notes(config: BenchConfig, rows: list[dict[str, Any]], images: list[Path]) -> list[str]:
+def _notes(config: BenchConfig, rows: list[dict[str, Any]], images: list[Path], env: dict[str, Any]) -> list[str]:
     notes = list(config.notes)
     for m in config.models:
         if m.random:
@@ -247,6 +247,12 @@ def _notes(config: BenchConfig, rows: list[dict[str, Any]], images: list[Path]) 
         notes.append(f"Image set: {len(images)} real photographs; the lab's set had {LAB_IMAGES}.")
     if config.max_frames is not None:
         notes.append(f"Only the first {config.max_frames} frames of the source were used (--max-frames).")
+    cuda_rows = [r for r in rows if str(r["device"]).startswith("cuda") and r["status"] in ("ok", "partial")]
+    if cuda_rows and env.get("tf32_conv"):
+        notes.append(
+            "PyTorch fp32 on CUDA uses TF32 for convolutions by default (environment: tf32_conv), so 'fp32' GPU rows "
+            "differ from the CPU reference by more than float32 rounding alone."
+        )
     if config.cache_dir is not None:
         notes.append(f"--cache-dir {config.cache_dir} was given: a 'cold' load may be a cache hit when that folder already held the engine (see load.cache_dir_fresh).")
     return notes

@@ -14,6 +14,7 @@ from streamer.bench.config import RANDOM_NOTE
 from streamer.stats import STAGES
 
 DASH = "—"
+RANDOM_MARK = "†"
 
 LOAD_TEXT = {
     "torch": ("cold: build model, load weights, move to device", "warm: second load from local weights"),
@@ -43,7 +44,8 @@ def _pm(stats: dict[str, Any] | None, digits: int = 2, unit: str = "") -> str:
 
 def _label(row: dict[str, Any]) -> str:
     variant = "" if row["variant"] == "eager" else f" +{row['variant']}"
-    text = f"{row['model']} {row['backend']}{variant} {row['precision']} {row['device']}"
+    dagger = RANDOM_MARK if row.get("weights") == "random" else ""
+    text = f"{row['model']}{dagger} {row['backend']}{variant} {row['precision']} {row['device']}"
     return text + (f" b{row['batch']}" if row["batch"] != 1 else "")
 
 
@@ -106,7 +108,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for note in report.get("notes") or []:
         lines.append(f"> {note}")
-    if report.get("notes"):
+    if any(r.get("weights") == "random" for r in rows):
+        lines.append(f"> {RANDOM_MARK} = {RANDOM_NOTE}: the model runs with random weights, so its rows time the engine "
+                     "but say nothing about its labels or output change.")
+    if report.get("notes") or any(r.get("weights") == "random" for r in rows):
         lines.append("")
 
     lines += ["## Results in the lab's format", ""]
@@ -293,7 +298,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "so it is not the running maximum of earlier cases; it includes the cold load and the inputs the bench holds for "
         "the network-alone timing); *running pipeline* is the sampled peak RSS during the warm load and the pipeline runs; "
         "the baseline is the RSS after imports (and CUDA context) before the model loaded. GPU (driver) is `nvidia-smi --query-compute-apps` for this pid (else NVML, else a labelled "
-        "`torch.cuda.mem_get_info` delta), the maximum of samples taken during the warm load and processing: it sees "
+        "`torch.cuda.mem_get_info` delta), the maximum of samples taken during the warm load, the pipeline runs and the "
+        "live replay: it sees "
         "PyTorch, cuDNN/cuBLAS workspaces, TensorRT and the CUDA context. `torch.cuda.max_memory_allocated` sees "
         "PyTorch's own tensors only. On a Jetson the figure is the process RSS (unified memory), labelled.",
         "",
