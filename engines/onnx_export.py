@@ -67,6 +67,7 @@ _QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r".*legacy TorchScript-based ONNX export", DeprecationWarning),
     (r"The feature will be removed", DeprecationWarning),
     (r"Constant folding - Only steps=1", UserWarning),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # torch 2.11's own pytree use
 )
 _QUIET_LOGGERS: tuple[str, ...] = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
 
