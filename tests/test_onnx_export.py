@@ -449,3 +449,43 @@ def test_onnxruntime_recovers_from_a_corrupt_cache_entry(
         again = backend.infer(backend.preprocess(frames[:1]))
         assert backend.onnx_path == path and path.stat().st_size > 1_000_000
     torch.testing.assert_close(again, good)
+
+
+@pytest.mark.parametrize(
+    ("available", "precision", "expected"),
+    [
+        (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], "fp16",
+         ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], "fp32", ("CUDAExecutionProvider", "CPUExecutionProvider")),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], "fp16", ConfigError),
+        (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], "int8", ConfigError),
+        (["AzureExecutionProvider", "CPUExecutionProvider"], "fp32", BackendUnavailable),
+    ],
+)
+def test_onnxruntime_gpu_provider_choice(
+    available: list[str], precision: str, expected: object, tmp_path: Path
+) -> None:
+    """The GPU configuration, checked without a GPU: which providers, with which options."""
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    options = BackendOptions(device="cuda:1", precision=precision, batch=4, cache_dir=tmp_path)  # type: ignore[arg-type]
+    backend = OnnxRuntimeBackend(get_spec("efficientnet_lite0"), weights_for("efficientnet_lite0"), options)
+    assert backend.input_device == "cuda:1"
+    if isinstance(expected, type):
+        with pytest.raises(expected, match=precision if expected is ConfigError else "no GPU"):
+            backend._choose_providers(available)
+        return
+    providers = backend._choose_providers(available)
+    assert providers == expected
+    configured = backend._provider_options(providers, "ab" * 32)
+    assert configured[-1] == "CPUExecutionProvider"
+    by_name = {p[0]: p[1] for p in configured if isinstance(p, tuple)}
+    assert by_name["CUDAExecutionProvider"] == {"device_id": 1}
+    if "TensorrtExecutionProvider" in by_name:
+        trt = by_name["TensorrtExecutionProvider"]
+        assert trt["device_id"] == 1 and trt["trt_fp16_enable"] is True and trt["trt_engine_cache_enable"] is True
+        assert trt["trt_profile_min_shapes"] == "input:1x3x224x224"
+        assert trt["trt_profile_max_shapes"] == trt["trt_profile_opt_shapes"] == "input:4x3x224x224"
+        engine_dir = Path(trt["trt_engine_cache_path"])
+        assert engine_dir.parent == tmp_path / "ort-tensorrt" and engine_dir.is_dir()
+        assert "abababababababab" in engine_dir.name and "fp16" in engine_dir.name

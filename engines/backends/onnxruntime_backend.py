@@ -42,6 +42,17 @@ def short_provider_names(providers: tuple[str, ...] | list[str]) -> str:
     return "+".join(p.removesuffix("ExecutionProvider") for p in providers) or "none"
 
 
+def _readable_onnx(path: Path) -> bool:
+    """Whether ``path`` parses as an ONNX model (a damaged cache entry does not)."""
+    from engines.onnx_export import inspect_onnx
+
+    try:
+        inspect_onnx(path)
+    except Exception:  # protobuf's DecodeError, OSError, our EngineError: all mean "unreadable"
+        return False
+    return True
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs the cached ONNX export of a model with ONNX Runtime."""
 
@@ -58,7 +69,7 @@ class OnnxRuntimeBackend(Backend):
         self.onnx_path: Path | None = None
         """The ONNX file the session was loaded from (set by ``load``)."""
         self.onnx_sha256: str | None = None
-        self.dynamic_batch = self.options.dynamic_batch or self.options.batch > 1
+        self.exports_dynamic_batch = self.options.dynamic_batch or self.options.batch > 1
         """Whether the exported graph has a dynamic batch axis."""
 
     # -- what is running ------------------------------------------------------------
@@ -106,10 +117,10 @@ class OnnxRuntimeBackend(Backend):
             f"(available: {short_provider_names(gpu_providers) or 'none'}); use --precision fp32 or --backend tensorrt"
         )
 
-    def _provider_list(self, available: list[str]) -> list[Any]:
-        """Providers (with options) to ask ONNX Runtime for; raises when the device cannot be served."""
+    def _choose_providers(self, available: list[str]) -> tuple[str, ...]:
+        """Execution providers to ask for, best first; raises when the device or precision cannot be served."""
         if self.device == "cpu":
-            return [CPU_EP]
+            return (CPU_EP,)
         gpu = tuple(p for p in (TENSORRT_EP, CUDA_EP) if p in available)
         if not gpu:
             raise BackendUnavailable(
@@ -118,19 +129,29 @@ class OnnxRuntimeBackend(Backend):
             )
         if self.precision == "int8" or (self.precision == "fp16" and TENSORRT_EP not in gpu):
             raise ConfigError(self._precision_message(gpu))
-        index = int(self.device.split(":")[1])
-        providers: list[Any] = []
-        if TENSORRT_EP in gpu:
-            providers.append((TENSORRT_EP, self._tensorrt_options(index)))
-        if CUDA_EP in gpu:
-            providers.append((CUDA_EP, {"device_id": index}))
-        providers.append(CPU_EP)
-        return providers
+        return (*gpu, CPU_EP)
 
-    def _tensorrt_options(self, index: int) -> dict[str, Any]:
+    def _provider_options(self, providers: tuple[str, ...], onnx_sha: str) -> list[Any]:
+        """``providers`` with their options, as ``InferenceSession(providers=...)`` takes them."""
+        index = int(self.device.split(":")[1]) if self.device.startswith("cuda") else 0
+        out: list[Any] = []
+        for provider in providers:
+            if provider == TENSORRT_EP:
+                out.append((provider, self._tensorrt_options(index, onnx_sha)))
+            elif provider == CUDA_EP:
+                out.append((provider, {"device_id": index}))
+            else:
+                out.append(provider)
+        return out
+
+    def _tensorrt_options(self, index: int, onnx_sha: str) -> dict[str, Any]:
         from engines.paths import cache_dir, ensure_private_dir
 
-        engine_dir = ensure_private_dir(cache_dir(self.options.cache_dir) / "ort-tensorrt")
+        # One folder per ONNX file, precision and batch range: onnxruntime names its
+        # engine files from the graph, not from the weights or the build settings.
+        root = ensure_private_dir(cache_dir(self.options.cache_dir) / "ort-tensorrt")
+        batch = f"dyn{self.options.batch}" if self.exports_dynamic_batch else f"b{self.options.batch}"
+        engine_dir = ensure_private_dir(root / f"{self.spec.name}-{onnx_sha[:16]}-{self.precision}-{batch}")
         c, h, w = self.spec.preprocess.input_shape
         options: dict[str, Any] = {
             "device_id": index,
@@ -142,7 +163,7 @@ class OnnxRuntimeBackend(Backend):
         }
         if self.options.workspace_mb is not None:
             options["trt_max_workspace_size"] = self.options.workspace_mb * (1 << 20)
-        if self.dynamic_batch:  # one optimisation profile covering 1..batch
+        if self.exports_dynamic_batch:  # one optimisation profile covering 1..batch
             largest = f"{INPUT}:{self.options.batch}x{c}x{h}x{w}"
             options["trt_profile_min_shapes"] = f"{INPUT}:1x{c}x{h}x{w}"
             options["trt_profile_opt_shapes"] = largest
@@ -156,25 +177,24 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable("onnxruntime backend needs onnxruntime: pip install 'streamer[onnx]'") from exc
         from engines.onnx_export import cached_onnx, invalidate_cached_onnx
 
-        providers = self._provider_list(list(ort.get_available_providers()))
-        batch = self.options.batch
-        path, sha = cached_onnx(self.spec, self.weights, batch, self.dynamic_batch, cache_dir=self.options.cache_dir)
+        providers = self._choose_providers(list(ort.get_available_providers()))  # before a long export
+        batch, dynamic, folder = self.options.batch, self.exports_dynamic_batch, self.options.cache_dir
+        path, sha = cached_onnx(self.spec, self.weights, batch, dynamic, cache_dir=folder)
         try:
-            session = self._make_session(ort, path, providers)
+            session = self._make_session(ort, path, self._provider_options(providers, sha))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            # A cache entry that cannot be loaded (truncated, or written by an
-            # incompatible exporter) is dropped and exported again, once.
+            if _readable_onnx(path):
+                raise EngineError(f"onnxruntime backend: cannot create a session for {path.name}: {exc}") from exc
+            # A damaged cache entry is dropped and exported again, once.
             log.warning("onnxruntime could not load %s (%s); exporting it again", path.name, exc)
             invalidate_cached_onnx(path)
-            path, sha = cached_onnx(
-                self.spec, self.weights, batch, self.dynamic_batch, cache_dir=self.options.cache_dir
-            )
+            path, sha = cached_onnx(self.spec, self.weights, batch, dynamic, cache_dir=folder)
             try:
-                session = self._make_session(ort, path, providers)
+                session = self._make_session(ort, path, self._provider_options(providers, sha))
             except Exception as exc2:
-                raise EngineError(f"onnxruntime backend: cannot create a session for {path}: {exc2}") from exc2
+                raise EngineError(f"onnxruntime backend: cannot create a session for {path.name}: {exc2}") from exc2
         active = tuple(session.get_providers())
-        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        wanted = providers[0]
         if active[:1] != (wanted,):
             # onnxruntime quietly falls back to the CPU when a GPU provider fails to start
             # (missing CUDA or cuDNN libraries, for one): say so instead of running slowly.
