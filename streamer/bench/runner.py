@@ -196,6 +196,8 @@ def plan(config: BenchConfig, work: Path, source: dict[str, Any], images: list[P
             "threads": config.threads,
             "source": str(config.source),
             "source_fps": source.get("fps"),
+            "source_frames": source.get("frames"),
+            "frame_size": source.get("frame_size"),
             "max_frames": config.max_frames,
             "repeats": config.repeats,
             "warmup": config.warmup,

@@ -158,8 +158,18 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         emit("output change")
         row["diff"] = _section(errors, "diff", output_change)
 
+        frame_size = tuple(job["frame_size"])
+        common: dict[str, Any] = dict(
+            sink_kind=job["sink"],
+            out_dir=Path(job["work_dir"]),
+            frame_size=frame_size,
+            fps=job.get("source_fps") or 30.0,
+            batch=job["batch"],
+            total_frames=job.get("source_frames"),
+            warning=warning,
+        )
+
         def pipeline() -> dict[str, Any]:
-            common: dict[str, Any] = dict(sink_kind=job["sink"], out_dir=Path(job["work_dir"]), batch=job["batch"], warning=warning)
             if job["warmup"] > 0:
                 run_pipeline(job["source"], backend, max_frames=job["warmup"], **common)
             runs = []
@@ -179,17 +189,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
                 return None
             emit("live replay")
             target = job.get("target_fps") or job["source_fps"]
-            run = run_pipeline(
-                job["source"],
-                backend,
-                sink_kind=job["sink"],
-                out_dir=Path(job["work_dir"]),
-                batch=1,
-                max_frames=job.get("max_frames"),
-                realtime=True,
-                target_fps=target,
-                warning=warning,
-            )
+            run = run_pipeline(job["source"], backend, max_frames=job.get("max_frames"), realtime=True, target_fps=target, **common)
             return replay_summary(run, target)
 
         sampler.phase("realtime")
