@@ -151,7 +151,8 @@ def test_realtime_only_for_batch_one(bench: tuple[Path, dict[str, Any]]) -> None
     (row,) = _rows(data, backend="torch", precision="fp32", batch=1)
     rt = row["realtime"]
     assert rt["target_fps"] == pytest.approx(25.0)
-    assert rt["frames_offered"] == 6 and rt["dropped"] >= 0
+    assert rt["frames_offered"] == 6 and rt["dropped"] >= rt["dropped_before_end"] >= 0
+    assert isinstance(rt["last_frame_lost_at_end"], bool)
     assert rt["sustained_fps"] is None or rt["sustained_fps"] > 0
     assert rt["latency_p50_ms"] <= rt["latency_p99_ms"]
     assert isinstance(rt["capable"], bool)

@@ -169,9 +169,11 @@ class FrameRecorder:
     times: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     top1: list[int] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
 
     def write(self, frame: Any, prediction: Any, latency_ms: float) -> None:
         self.times.append(time.perf_counter())
+        self.indices.append(int(frame.index))
         self.latency_ms.append(float(latency_ms))
         self.top1.append(int(prediction.indices[0]))
 
@@ -326,6 +328,7 @@ def run_pipeline(
     def warm_up(loaded: Any) -> None:
         try:
             t0 = time.perf_counter()
+            _ = loaded.spec.labels  # first use imports torchvision's metadata (seconds, once per process)
             blank = np.zeros((frame_size[1], frame_size[0], 3), dtype=np.uint8)
             for k in shapes:
                 loaded.infer(loaded.preprocess([blank] * k))

@@ -148,7 +148,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "Real-time capable = the live replay (the file played at the target rate as a live source, newest frame wins) "
-            "dropped at most 1 % of frames and sustained at least 95 % of the target rate. Headroom = frame budget / p99 "
+            "dropped at most 1 % of frames and sustained at least 95 % of the target rate. The final frame of a replay is "
+            "not counted: the pipeline's one-slot mailbox lets the end-of-stream marker replace a last frame that the "
+            "inference thread has not taken yet, so it is lost at any speed (marked '+ last' in the table below). Headroom = frame budget / p99 "
             "time per frame of the lossless file run (interval between frames leaving the pipeline); below 1 the "
             "pipeline falls behind on the slowest frames. The limit named is the slowest stage (mean ms per frame) "
             "and its thread.",
@@ -240,7 +242,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                     _label(r),
                     _f(r["realtime"].get("target_fps"), 1),
                     _f(r["realtime"].get("sustained_fps"), 1),
-                    f"{r['realtime'].get('dropped')}/{r['realtime'].get('frames_offered')}" if r["realtime"].get("dropped") is not None else DASH,
+                    (
+                        f"{r['realtime'].get('dropped_before_end')}/{r['realtime'].get('frames_offered')}"
+                        + (" (+ last)" if r["realtime"].get("last_frame_lost_at_end") else "")
+                    )
+                    if r["realtime"].get("dropped") is not None
+                    else DASH,
                     _f(r["realtime"].get("latency_p50_ms"), 1),
                     _f(r["realtime"].get("latency_p99_ms"), 1),
                     _f(r["realtime"].get("headroom_p99"), 2, "x"),
