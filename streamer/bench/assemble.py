@@ -243,7 +243,11 @@ def _notes(config: BenchConfig, rows: list[dict[str, Any]], images: list[Path], 
     notes = list(config.notes)
     for m in config.models:
         if m.random:
-            notes.append(f"{m.name}: {RANDOM_NOTE} (ImageNet weights not used{': ' + m.note if m.note else ''}); its output-change figures are not computed.")
+            notes.append(
+                f"{m.name}: {RANDOM_NOTE} (ImageNet weights not used{': ' + m.note if m.note else ''}); its output-change "
+                "figures are not computed, and its cold load includes random initialisation of the weights instead of "
+                "reading a weights file."
+            )
     if len(images) != LAB_IMAGES:
         notes.append(f"Image set: {len(images)} real photographs; the lab's set had {LAB_IMAGES}.")
     if config.max_frames is not None:
