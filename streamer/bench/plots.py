@@ -32,6 +32,14 @@ def _boxplot(ax: Any, data: list[Any]) -> None:
     ax.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 2}, **orient)
 
 
+def _log_if_wide(ax: Any, data: list[Any]) -> None:
+    """Log scale when the cases span more than 20x, so fast cases are not squashed against zero."""
+    values = np.concatenate([np.asarray(d, dtype=np.float64) for d in data if len(d)]) if data else np.array([])
+    values = values[values > 0]
+    if values.size and values.max() / values.min() > 20:
+        ax.set_xscale("log")
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -77,6 +85,8 @@ def _latency(plt: Any, rows: list[dict[str, Any]], samples: dict[str, Any], out_
     ax = axes[0][0]
     _boxplot(ax, [s for _, s in net])
     ax.set_yticks(range(1, len(net) + 1), [_label(r) for r, _ in net], fontsize=7)
+    ax.invert_yaxis()  # first case on top, as in the tables
+    _log_if_wide(ax, [s for _, s in net])
     ax.set_xlabel("network alone: ms per image (call time / batch)")
     ax.set_title("inference latency (whiskers p1-p99)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
@@ -84,6 +94,8 @@ def _latency(plt: Any, rows: list[dict[str, Any]], samples: dict[str, Any], out_
         ax2 = axes[0][1]
         _boxplot(ax2, [s for _, s in pipe])
         ax2.set_yticks(range(1, len(pipe) + 1), [_label(r) for r, _ in pipe], fontsize=7)
+        ax2.invert_yaxis()
+        _log_if_wide(ax2, [s for _, s in pipe])
         ax2.set_xlabel("pipeline: ms between frames leaving the render stage")
         ax2.set_title("pipeline time per frame, batch 1", fontsize=9)
         ax2.grid(axis="x", alpha=0.3)
