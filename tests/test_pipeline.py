@@ -14,7 +14,7 @@ import pytest
 from engines.backends.base import Backend, BackendOptions, Prediction, postprocess
 from engines.backends.torch_backend import TorchBackend
 from engines.errors import BackendError, PipelineError, SinkError, SourceError, SourceTimeout, StreamerError
-from engines.models import WeightsChoice, get_spec
+from engines.models import WeightsChoice, get_spec, imagenet_labels
 from helpers import (
     MODEL,
     SAMPLE_VIDEO_FRAMES,
@@ -52,6 +52,13 @@ class RecordingTorchBackend(TorchBackend):
     def infer(self, batch):  # type: ignore[no-untyped-def]
         self.batch_sizes.append(int(batch.shape[0]))
         return super().infer(batch)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def labels_imported() -> None:
+    """The pipeline reads the labels (importing torchvision: 1-2 s on 2 busy cores) when its backend
+    is ready; import them once up front so live-mode tests measure the drop policy, not that import."""
+    assert len(imagenet_labels()) == 1000
 
 
 def lite0(batch: int = 1) -> RecordingTorchBackend:
