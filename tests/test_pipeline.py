@@ -34,8 +34,7 @@ from helpers import (
 )
 from streamer.overlay import LabelAnnotator
 from streamer.pipeline import EOS, LatestSlot, Pipeline, PipelineConfig, PredictionsWriter
-from streamer.sinks import ImageFolderSink, NullSink, ThreadedSink, VideoFileSink
-from streamer.sinks import Sink
+from streamer.sinks import ImageFolderSink, NullSink, Sink, ThreadedSink, VideoFileSink
 from streamer.sources import Source, SourceOptions, open_source
 from streamer.stats import FpsMeter, LatencyStats, StageTimes
 
