@@ -297,6 +297,14 @@ def test_verdict() -> None:
     assert v["capable"] is False and "NOT real-time" in v["verdict"] and "inference" in v["verdict"]
 
 
+def test_only_disturbed_measured_cases_are_retried() -> None:
+    from streamer.bench.runner import _others
+
+    assert _others({"status": "ok", "machine_load": {"other_processes": 0.5}}) == 0.5
+    assert _others({"status": "partial", "machine_load": {"other_processes": None}}) == 0.0
+    assert _others({"status": "skipped", "reason": "x"}) == 0.0
+
+
 def test_gpu_shaped_report_renders(tmp_path: Path) -> None:
     """A report with a CUDA row (driver memory), a random-weights model and a failure, rendered without a GPU."""
     from streamer.bench.assemble import assemble
@@ -348,6 +356,7 @@ def test_gpu_shaped_report_renders(tmp_path: Path) -> None:
         (["--batch", "0"], "--batch"),
         (["--device", "gpu"], "device must be"),
         (["--variants", "turbo"], "unknown variant"),
+        (["--retry-busy", "-1"], "--retry-busy"),
     ],
 )
 def test_bad_options_fail_in_one_line(extra: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,6 +69,7 @@ def base_row(case: Case, status: str, reason: str | None) -> dict[str, Any]:
         "labelled_top1": None,
         "realtime": None,
         "machine_load": None,
+        "attempts": None,
         "errors": {},
     }
 
@@ -80,6 +81,7 @@ def case_row(case: Case, result: dict[str, Any], target_fps: float | None) -> di
     row["backend_description"] = result.get("backend_description")
     row["errors"] = result.get("errors") or {}
     row["machine_load"] = result.get("machine_load")
+    row["attempts"] = result.get("attempts")
     load = result.get("load") or {}
     row["load"].update({k: load.get(k) for k in row["load"]})
     net = result.get("network") or {}
@@ -250,6 +252,13 @@ def _notes(config: BenchConfig, rows: list[dict[str, Any]], images: list[Path], 
             )
     if len(images) != LAB_IMAGES:
         notes.append(f"Image set: {len(images)} real photographs; the lab's set had {LAB_IMAGES}.")
+    if config.retry_busy:
+        retried = [r for r in rows if (r.get("attempts") or 1) > 1]
+        notes.append(
+            f"--retry-busy {config.retry_busy}: a case during which other processes used more than "
+            f"{BUSY_THRESHOLD * 100:.0f} % of the CPU was measured again, up to {config.retry_busy} more times, and the "
+            f"least disturbed attempt kept ({len(retried)} case(s) were measured more than once)."
+        )
     if config.max_frames is not None:
         notes.append(f"Only the first {config.max_frames} frames of the source were used (--max-frames).")
     cuda_rows = [r for r in rows if str(r["device"]).startswith("cuda") and r["status"] in ("ok", "partial")]

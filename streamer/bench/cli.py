@@ -68,6 +68,14 @@ def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
     p.add_argument("--no-realtime", action="store_true", help="skip the live replay at the target rate")
     p.add_argument("--no-lab-method", action="store_true", help="skip the lab's PIL method and the pipeline-over-images comparison")
     p.add_argument("--case-timeout", type=_positive_float, default=1800.0, metavar="S", help="give up on one case after S seconds (default: 1800)")
+    p.add_argument(
+        "--retry-busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on a shared machine: measure a case again, up to N times, when other processes used more than 10%% of "
+        "the CPU during it, and keep the least disturbed attempt (default: 0)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_bench)
 
@@ -155,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             command.append(flag)
     if args.cache_dir is not None:
         command += ["--cache-dir", str(args.cache_dir)]
+    if args.retry_busy:
+        command += ["--retry-busy", str(args.retry_busy)]
     command += ["--report", _display(args.report)]
     return BenchConfig(
         source=source.resolve(),
@@ -181,6 +191,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         base_cuda_graphs=args.cuda_graphs,
         base_channels_last=args.channels_last,
         case_timeout_s=args.case_timeout,
+        retry_busy=args.retry_busy,
         overwrite=args.overwrite,
         command=shlex.join(command),
         notes=tuple(notes),

@@ -117,6 +117,8 @@ class BenchConfig:
     base_cuda_graphs: bool = False
     base_channels_last: bool = False
     case_timeout_s: float = 1800.0
+    retry_busy: int = 0
+    """Measure a case again (up to this many times) when other processes used the CPU during it; keep the quietest."""
     overwrite: bool = False
     command: str = ""
     notes: tuple[str, ...] = field(default=())
@@ -131,6 +133,8 @@ class BenchConfig:
         for v in self.variants:
             if v not in VARIANTS or v == "eager":
                 raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(k for k in VARIANTS if k != 'eager')}")
+        if self.retry_busy < 0:
+            raise ConfigError(f"--retry-busy must be >= 0, got {self.retry_busy}")
         if self.target_fps is not None and not self.target_fps > 0:
             raise ConfigError("--target-fps must be positive")
 

@@ -480,6 +480,7 @@ CSV_COLUMNS = [
     "diff_vs_reference.top1_agreement", "diff_vs_reference.top5_overlap",
     "realtime.target_fps", "realtime.sustained_fps", "realtime.dropped", "realtime.latency_p50_ms", "realtime.latency_p99_ms",
     "realtime.headroom_p99", "realtime.capable", "realtime.verdict",
+    "machine_load.other_processes", "attempts",
 ]
 
 
