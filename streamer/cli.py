@@ -221,10 +221,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         source.close()
         raise
     warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
-    print(f"streamer: {spec.name} on {backend.name} {backend.precision} {backend.device}; source {source.display_name} -> {sink.description}", flush=True)
-    progress_ctx, on_frame = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
-    with progress_ctx:
+    try:
+        print(f"streamer: {spec.name} on {backend.name} {backend.precision} {backend.device}; source {source.display_name} -> {sink.description}", flush=True)
+        progress_ctx, on_frame = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
         pipeline = Pipeline(source, sink, lambda: backend, config, predictions, warning=warning, on_frame=on_frame)
+    except BaseException:
+        # Interrupted (or failed) after the outputs were opened but before the
+        # pipeline owns them: leave no partial file behind.
+        sink.abort()
+        if predictions is not None:
+            predictions.abort()
+        source.close()
+        raise
+    with progress_ctx:  # type: ignore[attr-defined]
         try:
             summary = pipeline.run()
         except KeyboardInterrupt:
@@ -278,8 +287,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     from engines.models import get_spec, imagenet_weights_available, model_names
 
     table = Table(title="models")
-    for col in ("model", "ImageNet weights", "input", "about"):
-        table.add_column(col)
+    table.add_column("model", no_wrap=True)
+    table.add_column("ImageNet weights")
+    table.add_column("input")
+    table.add_column("about")
     for name in model_names():
         spec = get_spec(name)
         avail = "on disk" if imagenet_weights_available(spec) else "download on first use"
@@ -364,8 +375,26 @@ def _check_torch_version() -> None:
         raise ConfigError(f"torch {text} is too old: 2.6 or newer is required (safe weights_only loading)")
 
 
+def entry() -> None:
+    """Console-script entry point: ``main``, then a prompt exit.
+
+    If a stage thread is still inside a call it cannot leave (a long model load
+    or inference when Ctrl-C or an error arrived), the outputs are already
+    finalised or discarded; end the process now instead of letting interpreter
+    shutdown tear down a thread that is inside PyTorch (which aborts).
+    """
+    import threading
+
+    code = main()
+    if any(t.name in ("capture", "inference", "writer") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    entry()
 
 
 if False:  # pragma: no cover - typing only

@@ -40,14 +40,17 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]
     h, w = image.shape[:2]
     sizes = [cv2.getTextSize(text, font, scale, thickness) for text, _ in lines]
     line_h = max(sz[0][1] + sz[1] for sz in sizes) + int(8 * scale)
-    # Shrink the text until the widest line fits the frame.
+    # Shrink the text until the widest line fits the frame (re-measured each time:
+    # glyph widths do not scale exactly with the font scale).
     widest = max(sz[0][0] for sz in sizes)
-    if widest + 12 > w:
-        factor = (w - 12) / max(widest, 1)
-        scale *= factor
+    for _ in range(12):
+        if widest + 12 <= w or scale <= 0.1:
+            break
+        scale *= max(0.5, min(0.95, (w - 12) / max(widest, 1)))
         thickness = max(1, int(round(scale * 2)))
-        line_h = max(int(line_h * factor), 8)
-        widest = int(widest * factor)
+        sizes = [cv2.getTextSize(text, font, scale, thickness) for text, _ in lines]
+        widest = max(sz[0][0] for sz in sizes)
+        line_h = max(sz[0][1] + sz[1] for sz in sizes) + max(2, int(8 * scale))
     band_h = line_h * len(lines) + 6
     y0 = h - band_h if bottom else 0
     y0 = max(0, y0)

@@ -200,7 +200,9 @@ class Pipeline:
         self._errors: list[BaseException] = []
         self._errors_lock = threading.Lock()
         self._loaded = threading.Event()
-        self._last_frame_at = time.perf_counter()
+        self._read_started: float | None = None
+        """When the capture thread entered ``source.read()`` (None when not reading)."""
+        self._capture_thread: threading.Thread | None = None
         self.backend: Backend | None = None
         lossless = not source.live
         self._q_in: queue.Queue[Any] | LatestSlot = queue.Queue(self.config.queue_size) if lossless else LatestSlot()
@@ -250,12 +252,15 @@ class Pipeline:
             while not self.stop.is_set():
                 if limit is not None and count >= limit:
                     break
+                self._read_started = time.perf_counter()
                 try:
                     frame = self.source.read()
                 except SourceError:
                     if not (self.source.live and self.source.reconnectable):
                         raise
                     frame = None
+                finally:
+                    self._read_started = None
                 if frame is None:
                     if self.source.live and self.source.reconnectable and self.config.reconnect_timeout_s > 0:
                         if self._reconnect():
@@ -266,7 +271,6 @@ class Pipeline:
                             f"{self.source.display_name}: lost, and not back within {self.config.reconnect_timeout_s:.0f} s"
                         )
                     break
-                self._last_frame_at = time.perf_counter()
                 self.times.add("decode", frame.decode_s)
                 count += 1
                 self.summary.frames_in = count
@@ -286,7 +290,6 @@ class Pipeline:
         attempt = 0
         log.warning("%s: stream lost; reconnecting", name)
         while not self.stop.is_set():
-            self._last_frame_at = time.perf_counter()  # the watchdog knows we are on it
             if time.perf_counter() - lost_at > self.config.reconnect_timeout_s:
                 return False
             attempt += 1
@@ -335,10 +338,10 @@ class Pipeline:
             self.backend = backend
             self.summary.load_s = backend.load_seconds
             self.summary.backend = backend.description
+            labels = backend.spec.labels
             self._loaded.set()
             if self.on_loaded is not None:
                 self.on_loaded(backend)
-            labels = backend.spec.labels
             while not self.stop.is_set():
                 frames = self._next_batch()
                 if frames is None:
@@ -416,15 +419,16 @@ class Pipeline:
         self.summary.latency = LatencyStats.of(latencies)
 
     def _watchdog(self) -> None:
-        """Fail a source that stopped delivering frames (only once the model is loaded)."""
-        if not self._loaded.is_set():
+        """Fail a source stuck inside one read for longer than the stall timeout.
+
+        Only time spent in ``source.read()`` counts: waiting on a full queue
+        behind a slow model, or for the model to load, is not source silence.
+        """
+        started = self._read_started
+        if started is None:
             return
-        idle = time.perf_counter() - self._last_frame_at
-        limit = self.config.stall_timeout_s
-        if self.source.live and self.source.reconnectable:
-            limit += self.config.reconnect_timeout_s
-        capture_done = self.summary.frames_in > 0 and self._capture_thread is not None and not self._capture_thread.is_alive()
-        if not capture_done and idle > limit:
+        idle = time.perf_counter() - started
+        if idle > self.config.stall_timeout_s:
             raise SourceTimeout(f"{self.source.display_name}: no frame for {idle:.1f} s")
 
     # -- driver --------------------------------------------------------------
@@ -435,14 +439,14 @@ class Pipeline:
         on an error they are discarded and a :class:`StreamerError` is raised.
         """
         start = time.perf_counter()
-        self._capture_thread: threading.Thread | None = threading.Thread(target=self._capture, name="capture", daemon=True)
+        self._capture_thread = threading.Thread(target=self._capture, name="capture", daemon=True)
         worker = threading.Thread(target=self._infer, name="inference", daemon=True)
-        worker.start()
-        self._capture_thread.start()
-        self._last_frame_at = time.perf_counter()
+        self.worker_thread = worker
         interrupted = False
         try:
             try:
+                worker.start()
+                self._capture_thread.start()
                 self._render_loop(start)
             except KeyboardInterrupt:
                 interrupted = True
@@ -451,8 +455,10 @@ class Pipeline:
         finally:
             self.stop.set()
             for thread in (self._capture_thread, worker):
-                thread.join(timeout=self.config.join_timeout_s)
-            self.source.close()
+                if thread.is_alive():
+                    thread.join(timeout=self.config.join_timeout_s)
+            if not self._capture_thread.is_alive():
+                self.source.close()  # else it is inside a read; closing under it is unsafe
         self.summary.elapsed_s = time.perf_counter() - start
         self.summary.interrupted = interrupted
         if isinstance(self._q_in, LatestSlot):
@@ -467,10 +473,19 @@ class Pipeline:
         if self._errors and not interrupted:
             self._abort_outputs()
             raise _as_streamer_error(self._errors[0])
+        if interrupted and self.summary.frames_out == 0:
+            self._abort_outputs()  # nothing to keep
+            raise KeyboardInterrupt
         self._finalize_outputs()
         if interrupted:
             raise KeyboardInterrupt
         return self.summary
+
+    @property
+    def threads_alive(self) -> bool:
+        """True if a stage thread is still inside a call it could not leave (see ``cli.main``)."""
+        threads = [self._capture_thread, getattr(self, "worker_thread", None)]
+        return any(t is not None and t.is_alive() for t in threads)
 
     def _finalize_outputs(self) -> None:
         try:

@@ -195,6 +195,8 @@ class ImageFolderSink(Sink):
         self.overwrite = overwrite
         self.frames_written = 0
         self.written: list[Path] = []
+        self._created_folder = False
+        self._names_used: set[str] = set()
         if folder.is_symlink():
             raise SinkError(f"{folder}: destination is a symbolic link; refusing to write through it")
         if folder.exists() and not folder.is_dir():
@@ -206,6 +208,7 @@ class ImageFolderSink(Sink):
 
     def open(self, frame_size: tuple[int, int], fps: float) -> "ImageFolderSink":
         try:
+            self._created_folder = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"{self.folder}: cannot create output folder ({exc.strerror})") from exc
@@ -217,8 +220,29 @@ class ImageFolderSink(Sink):
         base = Path(name).name
         path = Path(base)
         if path.suffix.lower() not in IMAGE_OUTPUT_EXTENSIONS:
-            return self.folder / f"frame_{self.frames_written:06d}.jpg"
+            base = f"frame_{self.frames_written:06d}.jpg"
+            path = Path(base)
+        # Two inputs with one name (a glob across folders) must not overwrite each other.
+        n = 1
+        while base in self._names_used:
+            base = f"{path.stem}_{n}{path.suffix}"
+            n += 1
+        self._names_used.add(base)
         return self.folder / base
+
+    def abort(self) -> None:
+        """Remove what this run wrote (and the folder, if this run created it)."""
+        for target in self.written:
+            try:
+                target.unlink()
+            except OSError:
+                pass
+        self.written.clear()
+        if self._created_folder:
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
 
     def write(self, image: np.ndarray, name: str) -> None:
         import cv2

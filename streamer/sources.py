@@ -296,11 +296,28 @@ class CameraSource(CaptureSource):
 
 
 class StreamSource(CaptureSource):
-    """An RTSP/HTTP(S)/RTMP/UDP stream through FFmpeg. Live."""
+    """An RTSP/HTTP(S)/RTMP/UDP stream through FFmpeg.
+
+    Live (newest frame wins, reconnect when lost) unless the server says how
+    many frames there are - a video file served over HTTP - which is then read
+    losslessly to its end like a local file.
+    """
 
     kind = "network stream"
     live = True
     reconnectable = True
+
+    def _open_impl(self) -> None:
+        import cv2
+
+        first_open = not self._opened_once
+        super()._open_impl()
+        if first_open and self._cap is not None:
+            count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)  # type: ignore[attr-defined]
+            if math.isfinite(count) and 0 < count < 1e8:
+                self.live = False
+                self.reconnectable = False
+                self.total_hint = int(count)
 
 
 class GStreamerSource(CaptureSource):

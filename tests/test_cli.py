@@ -349,17 +349,11 @@ class HeavyTorchBackend(TorchBackend):
 
 
 backends.create_backend = lambda name, spec, weights, options: HeavyTorchBackend(spec, weights, options)
-from streamer.cli import main
-raise SystemExit(main(sys.argv[1:]))
+from streamer.cli import entry
+entry()  # the console script's entry point: main(), then a prompt exit
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pipeline.run (streamer/pipeline.py) joins the inference thread for only join_timeout_s (2 s) and "
-    "cli.main returns while it is still inside torch: the interpreter exits under it and the process dies of "
-    "SIGABRT ('terminate called without an active exception') instead of exiting 130",
-)
 def test_interrupt_during_a_long_inference_exits_130(tmp_path: Path, long_clip: Path) -> None:
     script = tmp_path / "heavy_streamer.py"
     script.write_text(_HEAVY_STREAMER)
@@ -380,12 +374,6 @@ def _start(tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Ctrl-C while the model loads: Pipeline.run finalises a video with no frames (SinkError, exit 1), "
-    "or, when the signal lands before run()'s try block or between sink.open and run() in cli.cmd_run, exits "
-    "130 leaving .partial files behind and sometimes aborts with 'terminate called without an active exception'",
-)
 def test_interrupt_while_the_model_loads(tmp_path: Path, long_clip: Path) -> None:
     process = _start(tmp_path, long_clip, "-o", "out.mkv", "--predictions", "p.jsonl")
     try:
@@ -468,11 +456,6 @@ def test_models_command_lists_the_registry(tmp_path: Path) -> None:
     assert "on disk" in lite
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cmd_models (streamer/cli.py) lets rich shrink the 'model' column, so on an 80-column "
-    "terminal the names to pass to --model print as 'mobilenet_v3_lar…' and 'efficientnet_lit…'",
-)
 def test_models_command_prints_whole_names_on_an_80_column_terminal(tmp_path: Path) -> None:
     result = run_cli(["models"], cwd=tmp_path, COLUMNS="80")
     assert result.returncode == 0, result.stderr

@@ -121,12 +121,6 @@ def test_text_fits_every_frame_size(size: tuple[int, int], topk: int) -> None:
     _assert_text_fits(*size, topk)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: overlay._draw_lines (streamer/overlay.py) shrinks the font scale by (w - 12) / widest without "
-    "measuring again; Hershey glyph widths are rounded, so the shrunk text is no narrower and is clipped at the "
-    "right edge (the random-weights warning on 720x1280 and 1080x1920 portrait video, labels at 90x160)",
-)
 @pytest.mark.parametrize("size", PORTRAIT, ids=[f"{w}x{h}" for w, h in PORTRAIT])
 def test_text_fits_portrait_frames(size: tuple[int, int]) -> None:
     _assert_text_fits(*size, 1)

@@ -204,22 +204,16 @@ def test_lossless_mode_with_the_same_slow_model_drops_nothing(short_clip: Path) 
     assert (summary.frames_out, summary.dropped) == (12, 0)
 
 
-def test_network_stream_is_live_and_drops_frames(sample_video: Path) -> None:
+def test_network_stream_of_a_file_is_lossless(sample_video: Path) -> None:
+    """A video file served over HTTP says how long it is: every frame is labelled, none dropped."""
     with http_file_server(sample_video.read_bytes()) as port:
         source = open_source(f"http://127.0.0.1:{port}/clip.mp4", SourceOptions(open_timeout_s=5, read_timeout_s=5))
-        assert source.live
-        config = PipelineConfig(reconnect_timeout_s=0)  # the end of this stream is its end
-        summary = Pipeline(source, NullSink(), lambda: SlowBackend(0.1), config).run()
-    assert summary.frames_in == SAMPLE_VIDEO_FRAMES
-    assert summary.dropped > 0 and summary.frames_out >= 1
-    assert summary.frames_out + summary.dropped == summary.frames_in
+        assert not source.live
+        summary = Pipeline(source, NullSink(), lambda: SlowBackend(0.01), PipelineConfig()).run()
+    assert summary.frames_in == summary.frames_out == SAMPLE_VIDEO_FRAMES
+    assert summary.dropped == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pipeline._capture (streamer/pipeline.py) treats the normal end of every reconnectable live "
-    "source as a lost connection, so an http(s) URL of a finite video reconnects and replays it forever",
-)
 def test_network_stream_of_a_finite_file_ends(sample_video: Path) -> None:
     with http_file_server(sample_video.read_bytes()) as port:
         source = open_source(f"http://127.0.0.1:{port}/clip.mp4", SourceOptions(open_timeout_s=5, read_timeout_s=5))
@@ -339,12 +333,6 @@ def test_source_that_stalls_is_caught_by_the_watchdog(tmp_path: Path, sample_ima
     assert pipeline.summary.frames_out == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pipeline._watchdog (streamer/pipeline.py) measures time since the last frame was read, which "
-    "includes time the capture thread spends blocked on a full queue: a healthy file with a model slower than "
-    "the stall timeout fails with 'no frame for ...'",
-)
 def test_a_slow_model_on_a_healthy_file_is_not_a_source_stall(short_clip: Path) -> None:
     source = open_source(str(short_clip))
     config = PipelineConfig(stall_timeout_s=0.3, queue_size=2, max_frames=8)
@@ -365,12 +353,6 @@ class _SlowDecodeSource(FailingSource):
         return super()._read_impl()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pipeline._watchdog (streamer/pipeline.py) counts the model load as source idle time: "
-    "_last_frame_at is not reset when the backend finishes loading, so the first poll after a load longer "
-    "than the stall timeout fails a healthy file source",
-)
 def test_a_slow_model_load_is_not_a_source_stall(short_clip: Path) -> None:
     source = _SlowDecodeSource(open_source(str(short_clip)), fail_at=10**6).open()
     config = PipelineConfig(stall_timeout_s=0.5, queue_size=2, max_frames=8)
@@ -405,12 +387,6 @@ def test_interrupt_finalises_what_was_written(tmp_path: Path, short_clip: Path) 
     assert count_frames(tmp_path / "out.mkv") == 5 == len(read_jsonl(tmp_path / "pred.jsonl"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pipeline.run (streamer/pipeline.py) finalises the outputs on Ctrl-C even when no frame was "
-    "written; VideoFileSink.finalize then raises SinkError('no frames were written') and the interrupt "
-    "becomes an error (CLI exit 1 instead of 130)",
-)
 def test_interrupt_before_the_first_frame_is_still_an_interrupt(tmp_path: Path, short_clip: Path) -> None:
     source = open_source(str(short_clip))
     sink = _InterruptingSink(tmp_path / "out.mkv", at=0)

@@ -232,11 +232,6 @@ def test_image_folder_refuses_a_file_or_symlink(tmp_path: Path) -> None:
         ImageFolderSink(tmp_path / "link")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ImageFolderSink (streamer/sinks.py) does not implement abort(), so a failed run leaves "
-    "its annotated images behind and a rerun then fails with 'exists; pass --overwrite'",
-)
 def test_image_folder_abort_discards_what_this_run_wrote(tmp_path: Path, sample_images: Path) -> None:
     folder = tmp_path / "out"
     sink = ImageFolderSink(folder)
@@ -247,11 +242,6 @@ def test_image_folder_abort_discards_what_this_run_wrote(tmp_path: Path, sample_
     assert not folder.exists() or files_in(folder) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ImageFolderSink._target (streamer/sinks.py) keys outputs on the input's base name only, "
-    "so two inputs named alike (a glob over several folders) overwrite each other with --overwrite",
-)
 def test_image_folder_never_overwrites_its_own_output(tmp_path: Path, sample_images: Path) -> None:
     sink = ImageFolderSink(tmp_path / "out", overwrite=True)
     sink.open((10, 10), 1.0)

@@ -251,13 +251,18 @@ def test_stream_url_password_is_redacted_in_errors() -> None:
 
 
 def test_http_stream_reads_real_frames(sample_video: Path) -> None:
-    """The sample served by a local HTTP server (with byte ranges, as a real one has), read as a stream."""
+    """The sample served by a local HTTP server (with byte ranges, as a real one has), read as a stream.
+
+    The server says how long the video is, so it is a file over HTTP: read
+    losslessly to its end (not live, no reconnect that would replay it forever).
+    """
     payload = sample_video.read_bytes()
     with http_file_server(payload) as port:
         source = open_source(f"http://127.0.0.1:{port}/clip.mp4", SourceOptions(open_timeout_s=5.0, read_timeout_s=5.0))
-        assert isinstance(source, StreamSource) and source.live
+        assert isinstance(source, StreamSource)
+        assert not source.live and not source.reconnectable
         assert source.frame_size == (1280, 720)
-        assert source.total_hint is None  # live: no frame count
+        assert source.total_hint == SAMPLE_VIDEO_FRAMES
         frames = _drain(source)
     assert len(frames) == SAMPLE_VIDEO_FRAMES
     reference = cv2.VideoCapture(str(sample_video), cv2.CAP_FFMPEG)
