@@ -79,6 +79,27 @@ def resolve_device_name(device: str) -> str:
     raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
+_DEFAULT_TORCH_THREADS: int | None = None
+
+
+def _remember_torch_threads() -> None:
+    global _DEFAULT_TORCH_THREADS
+    if _DEFAULT_TORCH_THREADS is None:
+        import torch
+
+        _DEFAULT_TORCH_THREADS = torch.get_num_threads()
+
+
+def restore_torch_threads(threads: int | None = None) -> None:
+    """Give torch ``threads`` CPU threads, or the default it started with."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif _DEFAULT_TORCH_THREADS is not None:
+        torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+
+
 class Backend(ABC):
     """Runs one model on one device at one precision."""
 
@@ -134,7 +155,9 @@ class Backend(ABC):
 
             # Torch only preprocesses here: on few cores its OpenMP pool would spin
             # against the backend's own threads and the decoder (measured: a 224x224
-            # normalisation went from 0.3 ms to 15 ms on 2 busy cores).
+            # normalisation went from 0.3 ms to 15 ms on 2 busy cores). A torch
+            # backend loaded later restores the default (see restore_torch_threads).
+            _remember_torch_threads()
             torch.set_num_threads(1)
         start = time.perf_counter()
         try:

@@ -661,8 +661,16 @@ class TensorRTBackend(Backend):
         torch.cuda.set_device(self.device)
         from engines.onnx_export import cached_onnx
 
+        # TensorRT 8.x's ONNX parser supports opsets up to 17 (JetPack 5/6 ship 8.5/8.6);
+        # 10 and later read 18, whose exporter folds EfficientNet's padding into the convs.
+        opset = 17 if _version_tuple(self._trt.version)[0] < 10 else 18
         onnx_path, onnx_sha = cached_onnx(
-            self.spec, self.weights, self.options.batch, self.options.dynamic_batch, cache_dir=self.options.cache_dir
+            self.spec,
+            self.weights,
+            self.options.batch,
+            self.options.dynamic_batch,
+            cache_dir=self.options.cache_dir,
+            opset=opset,
         )
         result = get_engine(self.spec, self.options, onnx_path, onnx_sha, device, progress=self.progress)
         self.cache_result = result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engines.backends.base import Backend
+from engines.backends.base import Backend, restore_torch_threads
 from engines.errors import BackendError, ConfigError
 from engines.models import build_model
 
@@ -27,8 +27,8 @@ class TorchBackend(Backend):
             raise ConfigError("torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)")
         if self.options.cuda_graphs and self.device == "cpu":
             raise ConfigError("torch backend: --cuda-graphs needs a CUDA device")
-        if self.options.threads is not None and self.device == "cpu":
-            torch.set_num_threads(self.options.threads)
+        if self.device == "cpu":
+            restore_torch_threads(self.options.threads)
         self.model = build_model(self.spec, self.weights)
         module = self.model.module.to(self.device)
         if self.precision == "fp16":
