@@ -130,7 +130,7 @@ def assemble(
     images: list[Path],
     labels: dict[str, Any],
     results: "list[tuple[Job, dict[str, Any]]]",
-    skipped: list[tuple[Case, str]],
+    skipped: list[tuple[Case, tuple[str, str]]],
     work: Path,
 ) -> dict[str, Any]:
     target = config.target_fps or source.get("fps")
@@ -154,7 +154,8 @@ def assemble(
     skip_reasons = dict(skipped)
     for case in config.cases():
         if case in skip_reasons:
-            rows.append(base_row(case, "skipped", skip_reasons[case]))
+            status, reason = skip_reasons[case]
+            rows.append(base_row(case, status, reason))
             continue
         result = by_case.get(case, {"status": "failed", "reason": "not run"})
         row = case_row(case, result, target)

@@ -53,36 +53,41 @@ def prepare_report_dir(path: Path, overwrite: bool) -> None:
             old.unlink()
 
 
-def precheck(case: Case) -> str | None:
-    """A reason this case cannot run, found without starting it (None: try it)."""
+def precheck(case: Case) -> tuple[str, str] | None:
+    """("skipped" | "failed", reason) when this case cannot run, found without starting it (None: try it).
+
+    A backend whose packages are installed but whose module does not import is
+    a failure (our code is broken), not a skip.
+    """
     from engines.backends import backend_class, backend_installed
     from engines.errors import BackendUnavailable
 
+    skip = "skipped"
     if not backend_installed(case.backend):
         try:
             backend_class(case.backend)
         except BackendUnavailable as exc:
-            return str(exc)
-        return f"backend {case.backend!r} is not installed"
+            return skip, str(exc)
+        return skip, f"backend {case.backend!r} is not installed"
     try:
         backend_class(case.backend)
     except ImportError as exc:
-        return f"backend {case.backend!r}: its module does not import here ({type(exc).__name__}: {exc})"
+        return "failed", f"backend {case.backend!r}: its module does not import ({type(exc).__name__}: {exc})"
     cpu = case.device == "cpu"
     if cpu and case.backend in ("tensorrt", "torch2trt"):
-        return f"{case.backend} needs a CUDA GPU"
+        return skip, f"{case.backend} needs a CUDA GPU"
     if not cpu:
         import torch
 
         if not torch.cuda.is_available():
-            return f"device {case.device} requested but CUDA is not available"
+            return skip, f"device {case.device} requested but CUDA is not available"
     if case.backend == "torch":
         if case.precision == "int8":
-            return "torch backend: int8 is not supported (use tensorrt or torch2trt)"
+            return skip, "torch backend: int8 is not supported (use tensorrt or torch2trt)"
         if cpu and case.precision == "fp16":
-            return "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
+            return skip, "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
         if cpu and "cuda_graphs" in case.variant:
-            return "CUDA graphs need a CUDA device"
+            return skip, "CUDA graphs need a CUDA device"
     return None
 
 
@@ -164,11 +169,13 @@ def _others(result: dict[str, Any]) -> float:
     return float((result.get("machine_load") or {}).get("other_processes") or 0.0)
 
 
-def plan(config: BenchConfig, work: Path, source: dict[str, Any], images: list[Path], labels: dict[str, Any]) -> tuple[list[Job], list[tuple[Case, str]]]:
+def plan(
+    config: BenchConfig, work: Path, source: dict[str, Any], images: list[Path], labels: dict[str, Any]
+) -> tuple[list[Job], list[tuple[Case, tuple[str, str]]]]:
     from engines.backends.base import resolve_device_name
 
     jobs: list[Job] = []
-    skipped: list[tuple[Case, str]] = []
+    skipped: list[tuple[Case, tuple[str, str]]] = []
     ref_dirs: dict[str, str] = {}
     for model in config.models:
         if model.random:

@@ -31,7 +31,11 @@ def emit(phase: str, done: int = 0, total: int = 0) -> None:
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
-    """("skipped" | "failed", one-line reason). Configuration and missing-dependency errors are skips."""
+    """("skipped" | "failed", one-line reason).
+
+    Skips: a configuration the backend refuses, a missing optional dependency or
+    device.  An import error inside this project's own code is a failure.
+    """
     from engines.errors import BackendUnavailable, ConfigError
 
     chain: list[BaseException] = []
@@ -40,8 +44,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
         chain.append(cur)
         cur = cur.__cause__
     for e in chain:
-        if isinstance(e, (BackendUnavailable, ConfigError, ImportError)):
+        if isinstance(e, (BackendUnavailable, ConfigError)):
             return "skipped", _one_line(e)
+        if isinstance(e, ModuleNotFoundError) and not (e.name or "").split(".")[0] in ("engines", "streamer"):
+            return "skipped", f"missing package: {_one_line(e)}"
     return "failed", f"{type(exc).__name__}: {_one_line(exc)}"
 
 
