@@ -305,6 +305,22 @@ def test_only_disturbed_measured_cases_are_retried() -> None:
     assert _others({"status": "skipped", "reason": "x"}) == 0.0
 
 
+def test_what_counts_as_a_skip() -> None:
+    from engines.errors import BackendError, BackendUnavailable
+    from streamer.bench.worker import classify
+
+    missing = ModuleNotFoundError("No module named 'tensorrt'", name="tensorrt")
+    ours = ModuleNotFoundError("No module named 'engines.nothing'", name="engines.nothing")
+    wrapped = BackendError("load failed")
+    wrapped.__cause__ = ConfigError("fp16 needs a CUDA device")
+    assert classify(BackendUnavailable("no GPU"))[0] == "skipped"
+    assert classify(wrapped) == ("skipped", "fp16 needs a CUDA device")
+    assert classify(missing)[0] == "skipped"
+    assert classify(ours)[0] == "failed"
+    assert classify(ImportError("cannot import name 'x' from 'engines.preprocess'"))[0] == "failed"
+    assert classify(RuntimeError("CUDA error"))[0] == "failed"
+
+
 def test_gpu_shaped_report_renders(tmp_path: Path) -> None:
     """A report with a CUDA row (driver memory), a random-weights model and a failure, rendered without a GPU."""
     from streamer.bench.assemble import assemble
