@@ -75,28 +75,37 @@ class PipelineConfig:
 
 
 class LatestSlot:
-    """A one-item mailbox: ``put`` replaces what is there and counts the drop."""
+    """A one-item mailbox: ``put`` replaces what is there and counts the drop.
+
+    The end-of-stream marker never replaces a frame: it is delivered after
+    the frame still waiting, so a live source's last frame is not lost.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._item: Any = None
         self._has = False
+        self._ended = False
         self.dropped = 0
 
     def put(self, item: Any) -> None:
         with self._cond:
-            if self._has and not isinstance(self._item, _EndOfStream):
-                self.dropped += 1
-            if not (self._has and isinstance(self._item, _EndOfStream)):
+            if isinstance(item, _EndOfStream):
+                self._ended = True
+            elif not self._ended:
+                if self._has:
+                    self.dropped += 1
                 self._item, self._has = item, True
             self._cond.notify()
 
     def get(self, timeout: float) -> Any:
         with self._cond:
-            if not self._has and not self._cond.wait_for(lambda: self._has, timeout):
+            if not (self._has or self._ended) and not self._cond.wait_for(lambda: self._has or self._ended, timeout):
                 raise queue.Empty
-            item, self._item, self._has = self._item, None, False
-            return item
+            if self._has:
+                item, self._item, self._has = self._item, None, False
+                return item
+            return EOS
 
 
 @dataclass

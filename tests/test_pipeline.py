@@ -231,9 +231,11 @@ def test_latest_slot_keeps_the_newest_and_counts_drops() -> None:
     with pytest.raises(queue.Empty):
         slot.get(0.05)
     slot.put("d")
-    slot.put(EOS)  # the end replaces an unread frame, which counts as dropped
-    slot.put("late")  # nothing replaces the end
-    assert slot.get(0.1) is EOS and slot.dropped == 3
+    slot.put(EOS)  # the end does not replace the unread last frame: it comes after it
+    slot.put("late")  # nothing arrives after the end
+    assert slot.get(0.1) == "d" and slot.dropped == 2
+    assert slot.get(0.1) is EOS
+    assert slot.get(0.1) is EOS  # and stays the end
 
 
 # -- error paths: each must raise a StreamerError promptly and leave no output --------------
