@@ -1,0 +1,71 @@
+"""Soak: a live camera for minutes, through the real model, in a real ``streamer run`` process.
+
+Duration: ``$FAULTS_SOAK_S`` seconds of streaming (default 120, so CI stays
+short; at least 30; set it to 3600 for an hour before a release).  Marked ``slow`` but not
+deselected anywhere: it runs by default.
+
+Bounds (measured on the child with psutil, after a warm-up of WARMUP_S):
+resident memory grows by less than RSS_GROWTH_MB, the thread count does not
+change at all, and the median capture-to-render latency of the last minute is
+at most twice that of the first minute plus LATENCY_SLACK_MS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from faults.fixtures import fault_env  # noqa: F401 - fixture
+from faults.media import count_frames, sample_frames
+from faults.mjpeg import MjpegCamera
+from faults.proc import MODEL_ARGS, LiveProcess, ResourceSampler, streamer
+
+SOAK_S = max(30.0, float(os.environ.get("FAULTS_SOAK_S", "120")))
+FPS = 15.0
+WARMUP_S = min(20.0, SOAK_S / 3)
+RSS_GROWTH_MB = 50.0
+LATENCY_SLACK_MS = 50.0
+
+
+@pytest.mark.slow
+def test_soak_memory_threads_and_latency_stay_flat(tmp_path: Path) -> None:
+    frames = int(SOAK_S * FPS)
+    out, jsonl = tmp_path / "soak.mkv", tmp_path / "soak.jsonl"
+    with MjpegCamera(sample_frames(132, (320, 240)), fps=FPS, max_frames=frames + 600, max_seconds=SOAK_S + 240) as cam:
+        cmd = streamer(
+            "run", cam.url, "-o", out, "--predictions", jsonl, "--backend", "torch", "--device", "cpu",
+            "--timeout", "10", "--max-frames", str(frames), "--no-progress", *MODEL_ARGS,
+        )  # fmt: skip
+        with LiveProcess(cmd, tmp_path) as proc, ResourceSampler(proc.pid, interval=min(2.0, SOAK_S / 60)) as sampler:
+            started = proc.wait_for_line(" -> ", timeout=120, stream="out").at
+            code = proc.wait(SOAK_S + 180)
+            ended = time.monotonic()
+    assert code == 0, proc.stderr
+    assert ended - started >= SOAK_S * 0.9, "the soak ended early"
+
+    steady = sampler.between(started + WARMUP_S, ended - 3.0)  # the last seconds are shutdown
+    assert len(steady) >= 10, sampler.samples
+    base = steady[0]
+    growth_mb = (max(s.rss for s in steady) - base.rss) / 2**20
+    assert growth_mb < RSS_GROWTH_MB, f"RSS grew {growth_mb:.1f} MB: {[s.rss >> 20 for s in steady]}"
+    threads = sorted({s.threads for s in steady})
+    assert threads == [base.threads], f"thread count changed during the soak: {[s.threads for s in steady]}"
+
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert count_frames(out) == len(records) > 0
+    # Frame indices count every frame read (dropped ones too), so index / FPS is capture time.
+    minute = min(60.0, (SOAK_S - WARMUP_S) / 2)
+    first = [r["latency_ms"] for r in records if WARMUP_S <= r["frame"] / FPS < WARMUP_S + minute]
+    last = [r["latency_ms"] for r in records if r["frame"] / FPS >= SOAK_S - minute]
+    assert len(first) >= 10 and len(last) >= 10, (len(first), len(last))
+    first_ms, last_ms = statistics.median(first), statistics.median(last)
+    assert last_ms <= 2 * first_ms + LATENCY_SLACK_MS, f"latency drifted: median {first_ms:.0f} ms -> {last_ms:.0f} ms"
+    print(
+        f"MEASURED soak {SOAK_S:.0f} s: {len(records)} frames classified of {frames}; RSS {base.rss >> 20} MB, "
+        f"+{growth_mb:.1f} MB; threads {base.threads}; latency median {first_ms:.0f} -> {last_ms:.0f} ms"
+    )
