@@ -55,6 +55,10 @@ class SourceTimeout(SourceError, TimeoutError):
     """A source did not deliver a frame within its time limit."""
 
 
+class SourceLost(SourceError):
+    """A live source went away and did not come back within the reconnect window."""
+
+
 class SinkError(StreamerError):
     """An output cannot be opened or written."""
 

@@ -37,6 +37,8 @@ def ensure_private_dir(path: Path) -> Path:
         raise CacheError(f"cache folder {path} is not a folder")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         raise CacheError(f"cache folder {path} belongs to another user; refusing to load engines from it")
+    if st.st_mode & stat.S_ISVTX:
+        raise CacheError(f"cache folder {path} is a shared (sticky) folder such as /tmp; use a folder of your own")
     if st.st_mode & 0o077:
         try:
             os.chmod(path, 0o700)

@@ -198,6 +198,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Cheap checks first, so bad input fails with one line before anything loads:
     # the output path, then the source (opening it decodes the first frame).
     sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc)
+    if args.predictions is not None:
+        from streamer.sinks import check_output_path
+
+        check_output_path(args.predictions, args.overwrite)
     source_options = SourceOptions(gst=args.gst, open_timeout_s=args.timeout, read_timeout_s=args.timeout, realtime=args.realtime)
     source = open_source(args.source, source_options)
     predictions = None

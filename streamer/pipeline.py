@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engines.backends.base import Backend, Prediction, postprocess
-from engines.errors import ConfigError, PipelineError, SinkError, SourceError, SourceTimeout, StreamerError
+from engines.errors import ConfigError, PipelineError, SinkError, SourceError, SourceLost, SourceTimeout, StreamerError
 from streamer.overlay import FrameInfo, LabelAnnotator, StatsAnnotator
 from streamer.sinks import Sink, ThreadedSink
 from streamer.sources import Frame, Source
@@ -170,12 +170,15 @@ class PredictionsWriter:
         os.replace(self.temp_path, self.path)
 
     def abort(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
         try:
-            self.temp_path.unlink()
+            self.temp_path.unlink()  # first: closing may fail (a full disk flushes on close)
         except FileNotFoundError:
             pass
+        if not self._fh.closed:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
 
 
 ProgressCallback = Callable[[int], None]
@@ -276,7 +279,7 @@ class Pipeline:
                             continue
                         if self.stop.is_set():
                             return
-                        raise SourceError(
+                        raise SourceLost(
                             f"{self.source.display_name}: lost, and not back within {self.config.reconnect_timeout_s:.0f} s"
                         )
                     break
@@ -480,8 +483,13 @@ class Pipeline:
             span = self.summary.elapsed_s - self.summary.first_frame_s
             self.summary.pipeline_fps = (out - 1) / span if span > 0 else None
         if self._errors and not interrupted:
-            self._abort_outputs()
-            raise _as_streamer_error(self._errors[0])
+            error = self._errors[0]
+            if isinstance(error, SourceLost) and self.summary.frames_out > 0:
+                # The camera is gone for good, but what was recorded before is sound: keep it.
+                self._finalize_outputs()
+            else:
+                self._abort_outputs()
+            raise _as_streamer_error(error)
         if interrupted and self.summary.frames_out == 0:
             self._abort_outputs()  # nothing to keep
             raise KeyboardInterrupt

@@ -5,11 +5,20 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+# Query parameters IP cameras and streaming servers use for credentials.
+_SECRET_PARAMS = re.compile(
+    r"(?i)([?&;](?:password|passwd|pass|pwd|token|access_token|auth|authorization|key|api_key|apikey|secret|sig|signature)=)([^&;#\s]*)"
+)
+
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 
 
 def redact_url(text: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; anything else unchanged."""
+    """``rtsp://user:secret@host/x?password=p`` -> ``rtsp://user:***@host/x?password=***``."""
+    return _SECRET_PARAMS.sub(r"\1***", _redact_userinfo(text))
+
+
+def _redact_userinfo(text: str) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:
@@ -25,7 +34,7 @@ def redact_url(text: str) -> str:
 
 def redact_text(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """Redact every URL password in ``text`` and each literal secret given."""
-    out = _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+    out = _SECRET_PARAMS.sub(r"\1***", _USERINFO.sub(r"\g<scheme>\g<user>:***@", text))
     for secret in secrets:
         if secret:
             out = out.replace(secret, "***")

@@ -53,12 +53,6 @@ def test_existing_file_is_kept_without_overwrite(cli: InProcessCli, work: Path, 
     assert entries(work) == [target.name], "nothing else written, no partial file"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cmd_run (streamer/cli.py) checks --predictions only when PredictionsWriter is created, after "
-    "resolve_model has fetched the weights (a 233 MB AlexNet download when online); check_output_path(args.predictions) "
-    "belongs next to make_sink, with the other cheap checks",
-)
 def test_existing_predictions_file_is_refused_before_the_model_is_fetched(cli: InProcessCli, work: Path) -> None:
     (work / "out.jsonl").write_text("precious")
     # alexnet's weights are not on disk here: resolving the model would try to download them.
@@ -152,12 +146,6 @@ def test_file_size_limit_on_the_video_is_reported(work: Path) -> None:
             print(f"out.mkv: {count_frames(work / 'out.mkv')} of 132 frames")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PredictionsWriter.abort (streamer/pipeline.py) closes the file before unlinking it; on a "
-    "full disk close() flushes, raises OSError, the hidden .NAME.partial-PID file is left behind and the "
-    "run ends with 'internal error: OSError' instead of the SinkError that stopped it",
-)
 def test_file_size_limit_on_the_predictions_is_reported(work: Path) -> None:
     result = _child(work, SAMPLE_VIDEO, "--headless", "--predictions", work / "p.jsonl", "--topk", "5", preexec_fn=file_size_limit(20_000))
     line = assert_one_clear_line(result)
