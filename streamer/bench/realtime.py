@@ -11,8 +11,8 @@ Two measurements feed it:
   between rendered frames; latency is capture -> render per frame.
 
 A backend is called real-time capable when the replay drops at most 1 % of
-frames (not counting the final frame, which the pipeline's one-slot mailbox
-loses at end of stream whatever the backend's speed) and sustains at least 95 %
+frames (not counting a final frame lost at the end of the stream, which older
+pipelines' one-slot mailbox lost whatever the backend's speed) and sustains at least 95 %
 of the target rate.
 """
 
@@ -32,9 +32,9 @@ MIN_RATE_FRACTION = 0.95
 def replay_summary(run: PipelineRun, target_fps: float) -> dict[str, Any]:
     lat = np.asarray(run.recorder.latency_ms, dtype=np.float64)
     offered = run.frames_in
-    # The pipeline's one-slot mailbox lets the end-of-stream marker replace a last frame that the
-    # inference thread has not taken yet, so a live replay loses its final frame even when the
-    # backend keeps up. That is a shutdown artefact, not falling behind: it is counted in
+    # Before commit 181a3b2 the pipeline's one-slot mailbox let the end-of-stream marker replace a
+    # last frame that the inference thread had not taken yet, so a live replay lost its final frame
+    # even when the backend kept up. That is a shutdown artefact, not falling behind: it stays in
     # "dropped" (the pipeline's own figure) but not in the verdict's drop count.
     last_lost = offered > 0 and (offered - 1) not in set(run.recorder.indices)
     steady = max(0, run.dropped - (1 if last_lost else 0))

@@ -151,9 +151,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "Real-time capable = the live replay (the file played at the target rate as a live source, newest frame wins) "
-            "dropped at most 1 % of frames and sustained at least 95 % of the target rate. The final frame of a replay is "
-            "not counted: the pipeline's one-slot mailbox lets the end-of-stream marker replace a last frame that the "
-            "inference thread has not taken yet, so it is lost at any speed (marked '+ last' in the table below). Headroom = frame budget / p99 "
+            "dropped at most 1 % of frames and sustained at least 95 % of the target rate. A final frame lost at the end "
+            "of the stream is not counted (pipelines before commit 181a3b2 let the end-of-stream marker replace a last "
+            "frame the inference thread had not taken yet, at any speed); it is marked '+ last' in the table below. Headroom = frame budget / p99 "
             "time per frame of the lossless file run (interval between frames leaving the pipeline); below 1 the "
             "pipeline falls behind on the slowest frames. The limit named is the slowest stage (mean ms per frame) "
             "and its thread.",
