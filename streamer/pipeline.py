@@ -164,9 +164,13 @@ class PredictionsWriter:
     def finalize(self) -> None:
         if self._fh.closed:
             return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:
+            self.abort()
+            raise SinkError(f"{self.path}: write failed ({exc.strerror or exc}); predictions discarded") from exc
         os.replace(self.temp_path, self.path)
 
     def abort(self) -> None:
@@ -440,7 +444,12 @@ class Pipeline:
         if started is None:
             return
         idle = time.perf_counter() - started
-        if idle > self.config.stall_timeout_s:
+        limit = self.config.stall_timeout_s
+        if self.source.live and self.source.reconnectable:
+            # A live read gives up by itself after its own timeout (FFmpeg checks it a
+            # little late) and is then reconnected; only a read stuck well past it is fatal.
+            limit += max(2.0, 0.5 * limit)
+        if idle > limit:
             raise SourceTimeout(f"{self.source.display_name}: no frame for {idle:.1f} s")
 
     # -- driver --------------------------------------------------------------

@@ -147,7 +147,16 @@ def test_file_size_limit_on_the_video_is_reported(work: Path) -> None:
 
 
 def test_file_size_limit_on_the_predictions_is_reported(work: Path) -> None:
+    """The JSON lines outgrow the limit mid-run (a buffered write fails)."""
     result = _child(work, SAMPLE_VIDEO, "--headless", "--predictions", work / "p.jsonl", "--topk", "5", preexec_fn=file_size_limit(20_000))
+    line = assert_one_clear_line(result)
+    assert "internal error" not in line and "write failed" in line, line
+    assert entries(work) == []
+
+
+def test_predictions_whose_last_write_fails_are_reported(work: Path) -> None:
+    """Five lines stay in the 8 KB write buffer until the end: the only write that fails is the final flush."""
+    result = _child(work, SAMPLE_VIDEO, "--headless", "--predictions", work / "p.jsonl", "--max-frames", "5", preexec_fn=file_size_limit(100))
     line = assert_one_clear_line(result)
     assert "internal error" not in line and "write failed" in line, line
     assert entries(work) == []
