@@ -224,6 +224,23 @@ def test_samples_back_the_percentiles(bench: tuple[Path, dict[str, Any]]) -> Non
     net = samples[row["key"]]["network_ms"]
     assert len(net) == row["latency_ms"]["n"]
     assert np.percentile(net, 99) == pytest.approx(row["latency_ms"]["p99"])
+    hist = samples[row["key"]]["diff_histogram"]
+    assert sum(hist["counts"]) == 2 * 1000 and len(hist["edges"]) == len(hist["counts"]) + 1
+    assert hist["max_abs"] == pytest.approx(row["diff_vs_reference"]["max_abs"], rel=1e-3)
+
+
+def test_plots_can_be_redrawn_from_the_written_report(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    from streamer.bench.plots import main as replot_main
+
+    report, data = bench
+    copy = tmp_path / "copy"
+    shutil.copytree(report, copy)
+    for png in copy.glob("*.png"):
+        png.unlink()
+    before = (copy / "report.md").read_text(encoding="utf-8")
+    assert replot_main([str(copy)]) == 0
+    assert sorted(p.name for p in copy.glob("*.png")) == sorted(data["plots"])
+    assert (copy / "report.md").read_text(encoding="utf-8") == before
 
 
 # -- pieces, on made-up numbers ---------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from streamer.bench import environment
 from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case
 from streamer.bench.realtime import verdict
@@ -117,6 +119,21 @@ def case_row(case: Case, result: dict[str, Any], target_fps: float | None) -> di
     return row
 
 
+def _add_diff_histograms(samples: dict[str, Any], diffs: dict[str, Any], bins: int = 80) -> None:
+    """Histogram of each case's logit differences on shared bins, kept in samples.json so plots can be redrawn."""
+    if not diffs:
+        return
+    lim = max(float(np.abs(d).max()) for d in diffs.values()) or 1e-12
+    edges = np.linspace(-lim, lim, bins + 1)
+    for key, d in diffs.items():
+        counts, _ = np.histogram(d, bins=edges)
+        samples.setdefault(key, {})["diff_histogram"] = {
+            "edges": edges.tolist(),
+            "counts": counts.astype(int).tolist(),
+            "max_abs": float(np.abs(d).max()),
+        }
+
+
 def _row_samples(result: dict[str, Any]) -> dict[str, list[float]]:
     net = result.get("network") or {}
     pipe = result.get("pipeline") or {}
@@ -136,7 +153,7 @@ def assemble(
     target = config.target_fps or source.get("fps")
     rows: list[dict[str, Any]] = []
     samples: dict[str, Any] = {}
-    diff_files: dict[str, str] = {}
+    diffs: dict[str, Any] = {}
     references: dict[str, Any] = {}
     lab: list[dict[str, Any]] = []
     codec: dict[str, Any] | None = None
@@ -163,7 +180,8 @@ def assemble(
         samples[case.key] = _row_samples(result)
         diff_path = work / f"{case.key}-diff.npy"
         if diff_path.is_file():
-            diff_files[case.key] = str(diff_path)
+            diffs[case.key] = np.load(diff_path).ravel()
+    _add_diff_histograms(samples, diffs)
     if codec is not None and codec.get("status") == "ok":
         comparison = []
         for row in rows:
@@ -204,7 +222,6 @@ def assemble(
         "codec_baseline": codec,
         "notes": notes,
         "samples": samples,
-        "diff_files": diff_files,
     }
 
 

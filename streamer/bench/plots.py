@@ -67,9 +67,8 @@ def write_plots(report: dict[str, Any], work: Path, out_dir: Path) -> list[str]:
         written.append(_latency(plt, ok, samples, out_dir))
     if any(r.get("pipeline") for r in ok):
         written.append(_stages(plt, ok, out_dir))
-    diff_files = report.get("diff_files") or {}
-    if diff_files:
-        written.append(_diff_hist(plt, ok, diff_files, out_dir))
+    if any((samples.get(r["key"]) or {}).get("diff_histogram") for r in ok):
+        written.append(_diff_hist(plt, ok, samples, out_dir))
     if len({r["batch"] for r in ok}) > 1:
         written.append(_throughput(plt, ok, out_dir))
     report["plots"] = written
@@ -127,19 +126,17 @@ def _stages(plt: Any, rows: list[dict[str, Any]], out_dir: Path) -> str:
     return name
 
 
-def _diff_hist(plt: Any, rows: list[dict[str, Any]], diff_files: dict[str, str], out_dir: Path) -> str:
-    data = [(r, np.load(diff_files[r["key"]]).ravel()) for r in rows if r["key"] in diff_files]
+def _diff_hist(plt: Any, rows: list[dict[str, Any]], samples: dict[str, Any], out_dir: Path) -> str:
+    data = [(r, samples[r["key"]]["diff_histogram"]) for r in rows if (samples.get(r["key"]) or {}).get("diff_histogram")]
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    lim = max((float(np.abs(d).max()) for _, d in data), default=0.0)
-    if lim == 0.0:
+    if all(h["max_abs"] == 0.0 for _, h in data):
         ax.text(0.5, 0.5, "every backend's logits equal the reference exactly", ha="center", va="center", transform=ax.transAxes)
     else:
-        bins = np.linspace(-lim, lim, 81)
-        for r, d in data:
-            if float(np.abs(d).max()) == 0.0:
+        for r, h in data:
+            if h["max_abs"] == 0.0:
                 ax.plot([], [], label=f"{_label(r)} (identical)")
                 continue
-            ax.hist(d, bins=bins, histtype="step", label=_label(r), linewidth=1.2)
+            ax.stairs(np.asarray(h["counts"], dtype=float), np.asarray(h["edges"]), label=_label(r), linewidth=1.2)
         ax.set_yscale("log")
     ax.set_xlabel("logit - PyTorch fp32 CPU logit")
     ax.set_ylabel("count (logits of all images)")
@@ -176,3 +173,46 @@ def _throughput(plt: Any, rows: list[dict[str, Any]], out_dir: Path) -> str:
     fig.savefig(out_dir / name, dpi=110)
     plt.close(fig)
     return name
+
+
+def replot(report_dir: Path) -> list[str]:
+    """Redraw a written report's plots from its report.json and samples.json, and re-render report.md.
+
+    The figures are not re-measured: the same numbers are drawn again (after a
+    matplotlib upgrade, or when PNGs went missing).
+    """
+    import json
+
+    from streamer.bench.report import render_markdown
+
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    samples_path = report_dir / "samples.json"
+    report["samples"] = json.loads(samples_path.read_text(encoding="utf-8")) if samples_path.is_file() else {}
+    wanted = set(report.get("plots") or [])
+    written = write_plots(report, report_dir, report_dir)
+    report.pop("samples", None)
+    lost = sorted(wanted - set(written))
+    if lost:
+        report.setdefault("notes", []).append(
+            f"{', '.join(lost)} could not be redrawn from this report's stored data (older reports kept no "
+            "histogram of the logit differences); rerun the command above to get it."
+        )
+    (report_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False, default=str), encoding="utf-8")
+    (report_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m streamer.bench.plots REPORT_DIR  (redraws the plots of a written report)", file=sys.stderr)
+        return 2
+    written = replot(Path(args[0]))
+    print(f"redrew {', '.join(written) or 'nothing'} in {args[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -525,7 +525,6 @@ def clean(value: Any) -> Any:
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     """report.json (without raw samples), samples.json, report.csv, report.md."""
     samples = clean(report.pop("samples", {}))
-    report.pop("diff_files", None)
     cleaned = clean(report)
     report.clear()
     report.update(cleaned)
