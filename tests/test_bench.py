@@ -87,6 +87,8 @@ def test_writes_every_file(bench: tuple[Path, dict[str, Any]]) -> None:
     report, _ = bench
     for name in ("report.md", "report.json", "report.csv", "samples.json", "bench.log"):
         assert (report / name).is_file(), name
+    assert not (report / ".bench.lock").exists()
+    assert "streamer bench log" in (report / "bench.log").read_text(encoding="utf-8")
     for name in ("latency.png", "stages.png", "diff_hist.png", "throughput.png"):
         head = (report / name).read_bytes()[:8]
         assert head == b"\x89PNG\r\n\x1a\n", name
@@ -336,6 +338,18 @@ def test_what_counts_as_a_skip() -> None:
     assert classify(ours)[0] == "failed"
     assert classify(ImportError("cannot import name 'x' from 'engines.preprocess'"))[0] == "failed"
     assert classify(RuntimeError("CUDA error"))[0] == "failed"
+
+
+def test_one_bench_per_report_folder(tmp_path: Path) -> None:
+    from streamer.bench.runner import lock_report_dir
+
+    first = lock_report_dir(tmp_path)
+    try:
+        with pytest.raises(SinkError, match="another streamer bench"):
+            lock_report_dir(tmp_path)
+    finally:
+        first.release()
+    lock_report_dir(tmp_path).release()
 
 
 def test_gpu_shaped_report_renders(tmp_path: Path) -> None:

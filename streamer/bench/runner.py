@@ -38,6 +38,7 @@ class Job:
 
 
 def prepare_report_dir(path: Path, overwrite: bool) -> None:
+    """Check that DIR can take a report; nothing in it is touched until the new report is complete."""
     if path.exists() and not path.is_dir():
         raise SinkError(f"{path}: exists and is not a folder")
     if path.is_dir() and any((path / name).exists() for name in REPORT_FILES) and not overwrite:
@@ -48,9 +49,31 @@ def prepare_report_dir(path: Path, overwrite: bool) -> None:
         raise SinkError(f"{path}: cannot create the report folder ({exc.strerror})") from exc
     if not os.access(path, os.W_OK | os.X_OK):
         raise SinkError(f"{path}: report folder is not writable")
+
+
+def lock_report_dir(path: Path) -> Any:
+    """Hold DIR for this run, so two benches never write one report folder at once."""
+    import filelock
+
+    lock = filelock.FileLock(str(path / ".bench.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise SinkError(f"{path}: another streamer bench is writing a report there") from None
+    return lock
+
+
+def publish(report: dict[str, Any], work: Path, report_dir: Path, overwrite: bool) -> None:
+    """Write the finished report into DIR: plots, report.md/json/csv, samples.json and the workers' log."""
+    from streamer.bench.plots import write_plots
+    from streamer.bench.report import write_reports
+
     if overwrite:
-        for old in path.glob("*.png"):
+        for old in report_dir.glob("*.png"):
             old.unlink()
+    write_plots(report, work, report_dir)
+    write_reports(report, report_dir)
+    shutil.copyfile(work / "bench.log", report_dir / "bench.log")
 
 
 def precheck(case: Case) -> tuple[str, str] | None:
@@ -259,26 +282,25 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Run everything ``config`` asks for and write the report; returns the report dict."""
     from streamer.bench import environment
     from streamer.bench.assemble import assemble
-    from streamer.bench.plots import write_plots
     from streamer.bench.reference import find_labels, image_paths
-    from streamer.bench.report import write_reports
 
     prepare_report_dir(config.report_dir, config.overwrite)
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    source = source_info(config.source)
-    if not config.images.is_dir():
-        raise ConfigError(f"{config.images}: image folder not found (--images)")
-    images = image_paths(config.images)
-    if not images:
-        raise ConfigError(f"{config.images}: no images (--images)")
-    labels = {k: v for k, v in find_labels(config.images).items() if not k.startswith("_")}
-    env = environment.collect(config.devices[0])
-    env["git"] = environment.git_state(REPO_ROOT)
+    lock = lock_report_dir(config.report_dir)
     work = Path(tempfile.mkdtemp(prefix="streamer-bench-"))
-    log_path = config.report_dir / "bench.log"
-    log_path.write_text(f"streamer bench log, {started.isoformat()}\n{config.command}\n", encoding="utf-8")
     try:
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        source = source_info(config.source)
+        if not config.images.is_dir():
+            raise ConfigError(f"{config.images}: image folder not found (--images)")
+        images = image_paths(config.images)
+        if not images:
+            raise ConfigError(f"{config.images}: no images (--images)")
+        labels = {k: v for k, v in find_labels(config.images).items() if not k.startswith("_")}
+        env = environment.collect(config.devices[0])
+        env["git"] = environment.git_state(REPO_ROOT)
+        log_path = work / "bench.log"
+        log_path.write_text(f"streamer bench log, {started.isoformat()}\n{config.command}\n", encoding="utf-8")
         jobs, skipped = plan(config, work, source, images, labels)
         results: list[tuple[Job, dict[str, Any]]] = []
         known_skips: dict[str, str] = {}
@@ -307,11 +329,15 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         report = assemble(config, env, source, images, labels, results, skipped, work)
         report["started"] = started.isoformat(timespec="seconds")
         report["duration_s"] = time.perf_counter() - t0
-        write_plots(report, work, config.report_dir)
-        write_reports(report, config.report_dir)
+        publish(report, work, config.report_dir, config.overwrite)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        lock.release()
+        try:
+            (config.report_dir / ".bench.lock").unlink()
+        except OSError:
+            pass
 
 
 __all__ = ["RANDOM_NOTE", "run_bench"]
