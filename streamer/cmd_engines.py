@@ -18,18 +18,9 @@ from typing import Any
 BUILD_BACKENDS = ("tensorrt", "torch2trt", "onnxruntime")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_engine_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``build`` and ``cache`` (``list``, ``clear``) to the main CLI's subcommands."""
+    from streamer.cli import _positive_int
     from engines.models import model_names
 
     build = subparsers.add_parser(
