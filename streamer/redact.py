@@ -10,7 +10,9 @@ _SECRET_PARAMS = re.compile(
     r"(?i)([?&;](?:password|passwd|pass|pwd|token|access_token|auth|authorization|key|api_key|apikey|secret|sig|signature)=)([^&;#\s]*)"
 )
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+# ``scheme:/`` too: ``pathlib.Path("rtsp://u:p@h/x")`` folds the double slash into one, and an error
+# that names such a path must not print the password.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2})(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 
 
 def redact_url(text: str) -> str:

@@ -76,11 +76,6 @@ def test_password_in_the_query_string_is_never_shown(cli: InProcessCli, tmp_path
     _assert_nowhere(tmp_path, result.stdout, result.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: streamer/bench/cli.py:config_from_args builds Path(args.source), which folds 'rtsp://' into "
-    "'rtsp:/', and the error names that path; redact_text only knows 'scheme://', so the password is printed",
-)
 def test_bench_never_shows_a_stream_password(cli: InProcessCli, tmp_path: Path) -> None:
     pytest.importorskip("streamer.bench.cli", reason="no streamer bench in this checkout")
     url = f"rtsp://user:{PASSWORD}@127.0.0.1:{closed_port()}/x"
