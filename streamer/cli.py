@@ -35,11 +35,22 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _quiet_opencv() -> None:
-    # OpenCV and FFmpeg print their own warnings on stderr (camera probing, corrupt
-    # packets); our errors already say what failed, in one line.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    """Keep OpenCV's and FFmpeg's own lines off stderr, unless the user set the levels.
+
+    They print warnings (camera probing, corrupt packets) and ``[ERROR:0@...]`` lines
+    (a video they cannot decode) of their own; our error already says what failed, in
+    one line.  OpenCV reads ``OPENCV_LOG_LEVEL`` once; if it is already imported, its
+    level is set directly as well.
+    """
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+    cv_logging = getattr(getattr(sys.modules.get("cv2"), "utils", None), "logging", None)
+    if cv_logging is None or not hasattr(cv_logging, "setLogLevel"):
+        return
+    level = getattr(cv_logging, f"LOG_LEVEL_{os.environ['OPENCV_LOG_LEVEL'].strip().upper()}", None)
+    if level is not None:
+        cv_logging.setLogLevel(level)
 
 
 def _positive_int(text: str) -> int:

@@ -191,12 +191,6 @@ def _stderr_of(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=path.parent, env=cli_env(), capture_output=True, text=True, timeout=CASE_TIMEOUT_S)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: streamer.cli._quiet_opencv sets OPENCV_LOG_LEVEL=ERROR, and OpenCV logs its own "
-    "'[ERROR:0@...] global cap_ffmpeg_impl.hpp ... Could not find decoder' lines before ours; "
-    "SILENT is the level that leaves our one line alone",
-)
 def test_undecodable_video_gives_only_our_line(tmp_path: Path) -> None:
     flipped = next(c for c in CASES if c.name == "mp4-4-flip-78")  # bits flipped in the codec description
     path = tmp_path / "broken.mp4"
