@@ -12,11 +12,14 @@ import logging
 import math
 import os
 import re
+import sys
+import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from engines.errors import ConfigError, SourceError
 from streamer.redact import redact_url
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -142,8 +146,52 @@ def _read_image(path: Path) -> np.ndarray | None:
         return None
     if data.size == 0:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image, said = _quiet_native_stderr(lambda: cv2.imdecode(data, cv2.IMREAD_COLOR))
+    if said:
+        log.debug("%s: the image decoder said: %s", path.name, said)
     return image if image is not None and image.size else None
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+def _quiet_native_stderr(call: Callable[[], _T]) -> tuple[_T, str]:
+    """``call()`` with file descriptor 2 sent to a temporary file; its result and what was written.
+
+    Image libraries written in C print their own errors straight to fd 2 (libpng:
+    ``libpng error: bad adaptive filter value``), where no Python setting reaches them;
+    the caller turns the failure into one clear line of ours.  Only one call redirects
+    at a time.  Lines of ours that another thread logs meanwhile are passed on to stderr.
+    """
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep quiet
+            return call(), ""
+        try:
+            with tempfile.TemporaryFile() as sink:
+                _flush_stderr()
+                os.dup2(sink.fileno(), 2)
+                try:
+                    result = call()
+                finally:
+                    _flush_stderr()
+                    os.dup2(saved, 2)
+                sink.seek(0)
+                said = sink.read(64 * 1024).decode("utf-8", "replace")
+        finally:
+            os.close(saved)
+    ours = [line for line in said.splitlines() if line.startswith("streamer:")]
+    if ours:
+        print("\n".join(ours), file=sys.stderr, flush=True)
+    return result, " ".join(line.strip() for line in said.splitlines() if line.strip() and not line.startswith("streamer:"))
+
+
+def _flush_stderr() -> None:
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 class ImageListSource(Source):
