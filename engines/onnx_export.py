@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Iterator, Literal
 from engines.errors import CacheError, ConfigError, EngineError
 from engines.models import ModelSpec, WeightsChoice, build_model, resolve_weights_file
 from engines.paths import cache_dir as resolve_cache_dir
-from engines.paths import ensure_private_dir
+from engines.paths import ensure_private_dir, fsync_file
 
 if TYPE_CHECKING:
     from engines.models import LoadedModel
@@ -270,14 +270,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -354,7 +346,7 @@ def _export(
             with _quiet_exporter():
                 _EXPORTER_FUNCS[name](module, example, tmp, dynamic_batch, opset)
             info = _check_and_fix(tmp, model.spec, batch, dynamic_batch)
-            _fsync_file(tmp)
+            fsync_file(tmp)
             os.replace(tmp, path)
         except Exception as exc:  # exporters raise many types; each means "this one failed"
             with contextlib.suppress(OSError):

@@ -1,7 +1,8 @@
-"""Where the engine cache lives: a per-user folder with mode 0700, never /tmp."""
+"""Where the engine cache lives (a per-user folder with mode 0700, never /tmp), and durable file writes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -50,3 +51,20 @@ def ensure_private_dir(path: Path) -> Path:
 def cache_dir(override: Path | None = None) -> Path:
     """The cache folder to use, created private if needed."""
     return ensure_private_dir(override if override is not None else default_cache_dir())
+
+
+def fsync_file(path: Path) -> None:
+    """Flush the data of the file written at ``path`` to the disk, before it is renamed into place.
+
+    Raises :class:`OSError` when the data could not be written (EIO, ENOSPC, EDQUOT: some
+    file systems only report those now).  A file system that cannot sync a file at all
+    (EINVAL, ENOTSUP) is not an error: there is nothing more to do.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from engines.errors import ConfigError, SinkError
+from engines.paths import fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +65,6 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise SinkError(f"{parent}: output folder does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SinkError(f"{parent}: output folder is not writable")
-
-
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class VideoFileSink(Sink):
@@ -165,7 +153,12 @@ class VideoFileSink(Sink):
         if self.frames_written == 0:
             self._remove_temp()
             raise SinkError(f"{self.path}: no frames were written; nothing saved")
-        _fsync_file(self.temp_path)
+        self._check_frames_on_disk()
+        try:
+            fsync_file(self.temp_path)
+        except OSError as exc:
+            self._remove_temp()
+            raise SinkError(f"{self.path}: write failed ({exc.strerror or exc}); nothing saved") from exc
         if self.path.is_symlink():
             self._remove_temp()
             raise SinkError(f"{self.path}: destination became a symbolic link; output discarded")
@@ -173,6 +166,26 @@ class VideoFileSink(Sink):
             self._remove_temp()
             raise SinkError(f"{self.path} appeared while writing; output discarded (use --overwrite)")
         os.replace(self.temp_path, self.path)
+
+    def _check_frames_on_disk(self) -> None:
+        """Read the finished file's frame count back: the one way to see writes that failed.
+
+        OpenCV's writer reports no write errors, and a file size limit, a quota or EFBIG
+        leave space free, so the free-space check misses them; the file is then truncated
+        (an ``.mkv`` or ``.avi`` plays its first frames; an ``.mp4`` lacks its index).
+        """
+        on_disk = _frames_in_video(self.temp_path)
+        if on_disk is None:
+            self._remove_temp()
+            raise SinkError(
+                f"{self.path}: the video written cannot be read back (a write failed: file size limit, quota or disk full?); nothing saved"
+            )
+        if self.frames_written - on_disk > 1:
+            self._remove_temp()
+            raise SinkError(
+                f"{self.path}: only {on_disk} of {self.frames_written} frames reached the disk "
+                "(a write failed: file size limit, quota or disk full?); nothing saved"
+            )
 
     def abort(self) -> None:
         self._release()
@@ -185,6 +198,36 @@ class VideoFileSink(Sink):
             pass
         except OSError as exc:
             log.warning("could not remove %s: %s", self.temp_path, exc)
+
+
+def _frames_in_video(path: Path) -> int | None:
+    """How many frames the video file at ``path`` holds; None if it cannot be opened.
+
+    The container's own count (``CAP_PROP_FRAME_COUNT``: the index, or the duration
+    times the frame rate) costs about a millisecond and is exact for what
+    :class:`VideoFileSink` writes; a truncated ``.mkv`` has no usable duration, so
+    when the count is missing or absurd the frames are counted by demuxing them.
+    """
+    import cv2
+
+    try:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    except cv2.error:
+        return None
+    try:
+        if not cap.isOpened():
+            return None
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if 0 < count < 1 << 31:
+            return int(round(count))
+        frames = 0
+        while cap.grab():
+            frames += 1
+        return frames
+    except cv2.error:
+        return None
+    finally:
+        cap.release()
 
 
 class ImageFolderSink(Sink):

@@ -129,12 +129,6 @@ def test_full_disk_is_reported_and_nothing_is_left(cli: InProcessCli, tmp_path: 
         assert entries(small) == [], "no file under the final name, no partial file"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VideoFileSink (streamer/sinks.py) cannot see FFmpeg's failed writes and only checks for a "
-    "0-byte file or < 1 MiB free; a write that fails with space left (EFBIG: a file size limit, quota) "
-    "ends with exit 0 and a silently truncated video under the final name",
-)
 def test_file_size_limit_on_the_video_is_reported(work: Path) -> None:
     result = _child(work, SAMPLE_VIDEO, "-o", work / "out.mkv", preexec_fn=file_size_limit(512 * 1024))
     try:
