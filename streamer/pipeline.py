@@ -33,6 +33,10 @@ from streamer.stats import FpsMeter, LatencyStats, StageTimes
 log = logging.getLogger(__name__)
 
 _SLICE = 0.05  # seconds each blocking call waits before checking the stop event
+_HUNG_FACTOR = 20.0
+"""A batch running this many times longer than the slowest one so far is a hung model ..."""
+_FIRST_BATCH_S = 60.0
+"""... and the first batch (lazy initialisation, a first shape to tune for) gets at least a minute."""
 
 
 class _EndOfStream:
@@ -49,7 +53,8 @@ class PipelineConfig:
     queue_size: int = 8
     max_frames: int | None = None
     stall_timeout_s: float = 10.0
-    """A source that delivers no frame for this long is an error (watchdog)."""
+    """A source that delivers no frame for this long is an error (watchdog); so is a model batch
+    that runs this long, if that is also 20 times the slowest batch so far (see ``Pipeline._watchdog``)."""
     load_timeout_s: float = 600.0
     join_timeout_s: float = 2.0
     reconnect_timeout_s: float = 60.0
@@ -218,6 +223,13 @@ class Pipeline:
         self._loaded = threading.Event()
         self._read_started: float | None = None
         """When the capture thread entered ``source.read()`` (None when not reading)."""
+        self._batch_started: float | None = None
+        """When the inference worker started the current batch (None between batches)."""
+        self._slowest_batch = 0.0
+        """The longest a batch has taken so far (the warm-up inference to begin with), in seconds."""
+        self._batches_done = 0
+        self._model_hung: PipelineError | None = None
+        """The watchdog's error for a hung model: the frames labelled before it are kept."""
         self._capture_thread: threading.Thread | None = None
         self.backend: Backend | None = None
         lossless = not source.live
@@ -355,6 +367,8 @@ class Pipeline:
             self.summary.load_s = backend.load_seconds
             self.summary.backend = backend.description
             labels = backend.spec.labels
+            if backend.ready_seconds is not None and backend.load_seconds is not None:
+                self._slowest_batch = max(0.0, backend.ready_seconds - backend.load_seconds)
             self._loaded.set()
             if self.on_loaded is not None:
                 self.on_loaded(backend)
@@ -364,6 +378,7 @@ class Pipeline:
                     break
                 n = len(frames)
                 t0 = time.perf_counter()
+                self._batch_started = t0
                 batch = backend.preprocess([f.image for f in frames])
                 backend.synchronize()
                 t1 = time.perf_counter()
@@ -372,6 +387,9 @@ class Pipeline:
                 t2 = time.perf_counter()
                 predictions = postprocess(logits, labels, self.config.topk)
                 t3 = time.perf_counter()
+                self._batch_started = None
+                self._slowest_batch = max(self._slowest_batch, t3 - t0)
+                self._batches_done += 1
                 self.times.add("preprocess", t1 - t0, n)
                 self.times.add("inference", t2 - t1, n)
                 self.times.add("postprocess", t3 - t2, n)
@@ -435,11 +453,17 @@ class Pipeline:
         self.summary.latency = LatencyStats.of(latencies)
 
     def _watchdog(self) -> None:
-        """Fail a source stuck inside one read for longer than the stall timeout.
+        """Fail a model stuck in one batch, or a source stuck inside one read, for too long.
 
-        Only time spent in ``source.read()`` counts: waiting on a full queue
-        behind a slow model, or for the model to load, is not source silence.
+        A source: only time spent in ``source.read()`` counts (waiting on a full
+        queue behind a slow model, or for the model to load, is not source
+        silence), up to the stall timeout.  A model: only time inside one batch
+        counts (not the load, not waiting for frames), up to the stall timeout or
+        20 times the slowest batch so far, whichever is longer, and at least a
+        minute for the first batch.  A call that never returns cannot be
+        cancelled; the run stops around it and keeps what was labelled before.
         """
+        self._watch_model()
         started = self._read_started
         if started is None:
             return
@@ -451,6 +475,19 @@ class Pipeline:
             limit += max(2.0, 0.5 * limit)
         if idle > limit:
             raise SourceTimeout(f"{self.source.display_name}: no frame for {idle:.1f} s")
+
+    def _watch_model(self) -> None:
+        started = self._batch_started
+        if started is None:
+            return
+        busy = time.perf_counter() - started
+        limit = max(self.config.stall_timeout_s, _HUNG_FACTOR * self._slowest_batch)
+        if self._batches_done == 0:
+            limit = max(limit, _FIRST_BATCH_S)
+        if busy > limit:
+            slowest = f"; the slowest batch before took {self._slowest_batch:.2f} s" if self._batches_done else ""
+            self._model_hung = PipelineError(f"the model gave no result for {busy:.1f} s (inference hung?){slowest}")
+            raise self._model_hung
 
     # -- driver --------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -493,9 +530,11 @@ class Pipeline:
             self.summary.pipeline_fps = (out - 1) / span if span > 0 else None
         if self._errors and not interrupted:
             error = self._errors[0]
-            if isinstance(error, SourceLost) and self.summary.frames_out > 0:
-                # The camera is gone for good, but what was recorded before is sound: keep it.
+            if (isinstance(error, SourceLost) or error is self._model_hung) and self.summary.frames_out > 0:
+                # The camera is gone for good, or the model hangs, but what was recorded before is sound: keep it.
                 self._finalize_outputs()
+                if error is self._model_hung:
+                    raise PipelineError(f"{error}; kept the {self.summary.frames_out} frames labelled before it") from error
             else:
                 self._abort_outputs()
             raise _as_streamer_error(error)
