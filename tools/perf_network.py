@@ -38,6 +38,25 @@ def time_fn(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
+def kernel_profile(fn: Callable[[], object], runs: int = 50) -> list[dict[str, object]]:
+    """GPU kernels of ``fn`` (one forward pass) with their mean time per pass, slowest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for evt in prof.key_averages():
+        total = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if total <= 0 or evt.key.startswith(("cudaGraphLaunch", "cudaLaunch", "Memcpy", "Memset")):
+            continue
+        rows.append({"name": evt.key, "us_per_call": total / runs, "calls_per_run": max(1, round(evt.count / runs))})
+    rows.sort(key=lambda r: -float(r["us_per_call"]))  # type: ignore[arg-type]
+    return rows
+
+
 def graphed(module: torch.nn.Module, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
     static_in = example.clone()
     stream = torch.cuda.Stream()
@@ -67,7 +86,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--variants", default="eager-fp32,eager-fp16,graph-fp32,graph-fp16,graph-fp16-cl,compile-fp16-graph")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (autotune each conv shape)")
+    ap.add_argument("--profile", default="", help="comma-separated variants whose kernels are listed (torch.profiler, 50 replays)")
     args = ap.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     spec = get_spec(args.model)
     loaded = build_model(spec, WeightsChoice.parse(args.weights))
@@ -85,12 +107,16 @@ def main() -> None:
         module = build_model(spec, WeightsChoice.parse(args.weights)).module.to("cuda").eval()
         if fp16:
             module = module.half()
-        if variant.endswith("-cl"):
+        if "-cl" in variant:
             module = module.to(memory_format=torch.channels_last)
         if variant.startswith("compile"):
+            import torch._inductor.config as inductor_config
+
+            inductor_config.coordinate_descent_tuning = variant.startswith("compilecd")
             module = torch.compile(module, mode="max-autotune-no-cudagraphs", fullgraph=True)  # type: ignore[assignment]
+        cl = "-cl" in variant
         x = x32.to(dtype)
-        if variant.endswith("-cl"):
+        if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         if variant.startswith(("graph", "compile")):
             with torch.inference_mode():
@@ -107,7 +133,7 @@ def main() -> None:
         agree = 0
         for i in range(real.shape[0]):
             xi = real[i : i + 1].to(dtype).repeat(args.batch, 1, 1, 1)
-            if variant.endswith("-cl"):
+            if cl:
                 xi = xi.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 out = run(xi)
@@ -120,6 +146,10 @@ def main() -> None:
             "setup_s": setup_s,
             "top1_agreement": agree / real.shape[0],
         }
+        if variant in args.profile.split(","):
+            row["kernels"] = kernel_profile(lambda: run(x))
+            for k in row["kernels"][:25]:
+                print(f"    {k['us_per_call']:8.2f} us x{k['calls_per_run']:<3d} {k['name'][:110]}", flush=True)
         results.append(row)
         print(f"{args.model:20s} b{args.batch} {variant:22s} p50 {row['p50_ms']:.4f} ms  p95 {row['p95_ms']:.4f} ms  top1-agree {agree}/{real.shape[0]}  setup {setup_s:.1f}s", flush=True)
         del module, run
@@ -132,6 +162,7 @@ def main() -> None:
         "weights": args.weights,
         "batch": args.batch,
         "runs": args.runs,
+        "cudnn_benchmark": args.cudnn_benchmark,
         "results": results,
     }
     if args.out:

@@ -74,7 +74,12 @@ def main() -> None:
     ap.add_argument("--configs", default="torch:fp16:1,torch:fp16:8")
     ap.add_argument("--null-sink", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval (seconds) for the pipeline runs")
     args = ap.parse_args()
+    if args.switch_interval is not None:
+        import sys
+
+        sys.setswitchinterval(args.switch_interval)
     tmp = Path(tempfile.mkdtemp())
     clip = tmp / "clip.mp4"
     n = make_clip(args.source, clip, args.loops)

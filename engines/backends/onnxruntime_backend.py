@@ -218,6 +218,9 @@ class OnnxRuntimeBackend(Backend):
         if self.options.threads is not None:
             so.intra_op_num_threads = self.options.threads
             so.inter_op_num_threads = 1
+        # onnxruntime's worker threads spin between calls by default, burning the cores that
+        # the pipeline's decode, render and encode threads need on a small CPU.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
 
     def _infer_impl(self, batch: "torch.Tensor") -> "torch.Tensor":

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from streamer.bench.assemble import LAB_MAX_MEMORY_BYTES
 from streamer.bench.config import RANDOM_NOTE
+from streamer.bench.reference import describe_folder_config
 from streamer.stats import STAGES
 
 DASH = "—"
@@ -361,6 +362,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [
                     name,
                     e["device"],
+                    describe_folder_config(pipe["config"]) if pipe.get("config") else "torch fp32, batch 1",
                     _pm(lab.get("per_image_ms"), 1),
                     _f((lab.get("per_image_ms") or {}).get("p99"), 1),
                     _pm(lab.get("total_s"), 3),
@@ -374,7 +376,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if e.get("status") != "ok":
                 lines.append(f"> {e['model']} on {e['device']}: {e.get('status')}: {e.get('reason')}")
         lines += _table(
-            ["model", "device", "lab ms/image", "lab p99", "lab total s", "pipeline total s", "pipeline ms/image", "pipeline speed-up", "same top-1", "images"],
+            ["model", "device", "pipeline configuration", "lab ms/image", "lab p99", "lab total s", "pipeline total s", "pipeline ms/image", "pipeline speed-up", "same top-1", "images"],
             body,
         )
         lines += [
@@ -382,11 +384,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             "Lab method: for each image, `PIL.Image.open` + torchvision `Resize/CenterCrop/ToTensor/Normalize`, the model on "
             "the device, `argmax().item()` (a device-to-host sync per image), the label drawn with `ImageDraw` and the image "
             "saved, one image at a time, timed per image. Pipeline: `streamer.pipeline.Pipeline` over the same folder "
-            "into a folder of annotated JPEGs, torch fp32, batch 1, model already loaded; total = wall time from opening "
+            "into a folder of annotated JPEGs, in the configuration named (the fastest this code offers on the device), "
+            "model already loaded; total = wall time from opening "
             "the folder to the last file written. Both after a warm-up pass. Same top-1 = the two methods' predictions "
-            "agree (their resizing differs slightly: PIL vs antialiased torch interpolation).",
+            "agree (their resizing differs slightly: PIL vs antialiased OpenCV interpolation; fp16 against the lab's fp32).",
             "",
         ]
+        staged = [(e, (e.get("pipeline") or {}).get("stages_ms")) for e in labs]
+        staged = [(e, st) for e, st in staged if st]
+        if staged:
+            names = sorted({k for _, st in staged for k in st})
+            lines += _table(
+                ["model", "device", *[f"{k} ms" for k in names]],
+                [[e["model"], e["device"], *[_f(st.get(k), 2) for k in names]] for e, st in staged],
+            )
+            lines += ["", "The pipeline's stages on those images, mean milliseconds per image (last run); they overlap on separate threads.", ""]
 
     codec = report.get("codec_baseline")
     if codec:

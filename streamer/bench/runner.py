@@ -196,6 +196,7 @@ def plan(
     config: BenchConfig, work: Path, source: dict[str, Any], images: list[Path], labels: dict[str, Any]
 ) -> tuple[list[Job], list[tuple[Case, tuple[str, str]]]]:
     from engines.backends.base import resolve_device_name
+    from streamer.bench.reference import fastest_folder_config
 
     jobs: list[Job] = []
     skipped: list[tuple[Case, tuple[str, str]]] = []
@@ -264,6 +265,7 @@ def plan(
                             "repeats": config.repeats,
                             "warmup": min(config.warmup, 3),
                             "threads": config.threads,
+                            "pipeline_config": fastest_folder_config(dev, max(config.batches)),
                             "work_dir": str(work / f"lab-{model.name}-{dev.replace(':', '')}"),
                         },
                     )

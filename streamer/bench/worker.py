@@ -253,7 +253,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         out["pipeline"] = _section(
             errors,
             "pipeline",
-            lambda: pipeline_folder(job["model"], job["weights"], job["device"], Path(job["images_dir"]), job["repeats"], Path(job["work_dir"]), job.get("threads"), emit),
+            lambda: pipeline_folder(job["model"], job["weights"], job["device"], Path(job["images_dir"]), job["repeats"], Path(job["work_dir"]), job.get("threads"), emit, job.get("pipeline_config")),
         )
         if errors:
             out["status"] = "partial"
