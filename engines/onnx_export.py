@@ -440,6 +440,16 @@ def _meta_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".json")
 
 
+def read_onnx_meta(onnx_path: Path) -> dict[str, object] | None:
+    """The metadata cached beside an export (``key``, ``sha256``, ``size``, ``mtime_ns``,
+    ``exporter``), or None when it is missing or unreadable."""
+    try:
+        meta = json.loads(_meta_path(onnx_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _cached_hash(onnx_path: Path, key: dict[str, object]) -> str | None:
     """The SHA-256 of a complete cache entry, or None when there is none."""
     try:

@@ -462,6 +462,48 @@ def test_lock_timeout_raises_cache_error(tmp_path: Path) -> None:
                                expected_inputs=(), expected_outputs=())  # fmt: skip
 
 
+# -- the backend's public engine facts ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "version, expected",
+    [("10.13.0.35", fake_tensorrt.FAKE_DEVICE_MEMORY_SIZE_V2), ("8.6.1", fake_tensorrt.FAKE_DEVICE_MEMORY_SIZE)],
+)
+def test_backend_engine_path_and_device_memory(
+    fake_trt: Any, tmp_path: Path, cache_folder: Path, monkeypatch: pytest.MonkeyPatch, version: str, expected: int
+) -> None:
+    """``engine_path`` and ``device_memory_bytes`` are None before load and the loaded engine's after
+    (``device_memory_size_v2`` on TensorRT 10+, ``device_memory_size`` on 8.x); bench's engine_info reads them."""
+    import torch
+
+    from engines.backends import tensorrt_backend
+    from engines.backends.tensorrt_backend import DeviceInfo, TensorRTBackend
+    from engines.models import WeightsChoice
+    from streamer.bench.memory import engine_info
+
+    monkeypatch.setattr(fake_trt, "__version__", version)
+    onnx_path = make_onnx(tmp_path / "tiny.onnx", batch=None)
+    # No GPU and no real export here: the ONNX, the device and the CUDA buffers are stand-ins.
+    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: (onnx_path, _sha(onnx_path)))
+    monkeypatch.setattr(tensorrt_backend, "cuda_device_info", lambda device: DeviceInfo(*DEVICE_ARGS[:3], device))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(TensorRTBackend, "_allocate_buffers", lambda self, out_dtype: None)
+    backend = TensorRTBackend(SPEC, WeightsChoice("random"), _options(cache_folder, device="cuda:0", dynamic_batch=True))
+    assert backend.engine_path is None and backend.device_memory_bytes is None
+    assert engine_info(backend)["trt_device_memory_bytes"] is None
+
+    backend._load_impl()  # load() also checks for CUDA and warms up, which the fake cannot run
+    assert backend.cache_result is not None
+    assert backend.engine_path == backend.cache_result.paths.payload
+    assert backend.engine_path.is_file() and backend.engine_path.suffix == ".engine"
+    assert backend.engine_path.parent == cache_folder
+    assert backend.device_memory_bytes == expected
+    info = engine_info(backend)
+    assert info["trt_device_memory_bytes"] == expected and info["engine_file"] == backend.engine_path.name
+    with pytest.raises(AttributeError):  # read-only
+        backend.engine_path = tmp_path  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        backend.device_memory_bytes = 1  # type: ignore[misc]
+
+
 # -- listing, clearing, permissions -------------------------------------------------------------------
 def test_list_and_clear(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> None:
     onnx_path = make_onnx(tmp_path / "tiny.onnx", batch=4)

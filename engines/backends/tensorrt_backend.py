@@ -568,6 +568,23 @@ def deserialize_engine(data: bytes) -> Loaded[TRTEngine]:
     return Loaded(TRTEngine(runtime, engine, logger, tuple(inputs), tuple(outputs)), tuple(inputs), tuple(outputs))
 
 
+def engine_device_memory_bytes(engine: "trt.ICudaEngine") -> int | None:
+    """Device memory an execution context of ``engine`` needs, as TensorRT reports it, in bytes.
+
+    ``device_memory_size_v2`` where the engine has it (TensorRT 10+; it also counts
+    weight-streaming scratch memory), else ``device_memory_size`` (8.x); None when
+    neither can be read.
+    """
+    for attr in ("device_memory_size_v2", "device_memory_size"):
+        try:
+            value = getattr(engine, attr, None)
+        except (AttributeError, RuntimeError, TypeError):  # a binding may raise rather than lack it
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def get_engine(
     spec: ModelSpec,
     options: BackendOptions,
@@ -628,7 +645,11 @@ def get_engine(
 
 # -- the backend ----------------------------------------------------------------------------
 class TensorRTBackend(Backend):
-    """A TensorRT engine built from the model's ONNX export, cached on disk."""
+    """A TensorRT engine built from the model's ONNX export, cached on disk.
+
+    After ``load``, :attr:`engine_path` names the cached plan file and
+    :attr:`device_memory_bytes` the engine's device memory; both are None before.
+    """
 
     name = "tensorrt"
 
@@ -643,6 +664,26 @@ class TensorRTBackend(Backend):
         self._context: "trt.IExecutionContext | None" = None
         self._input_buffer: "torch.Tensor | None" = None
         self._output_buffer: "torch.Tensor | None" = None
+        self._engine_path: Path | None = None
+        self._device_memory_bytes: int | None = None
+
+    @property
+    def engine_path(self) -> Path | None:
+        """The cached plan file the engine was loaded from (or built into); None before ``load``.
+
+        Kept after ``close``, like ``cache_result``: it describes the last load.
+        """
+        return self._engine_path
+
+    @property
+    def device_memory_bytes(self) -> int | None:
+        """Device memory one execution context of the loaded engine needs, in bytes; None before ``load``.
+
+        TensorRT's own figure (``device_memory_size_v2`` on 10.x and later, else
+        ``device_memory_size``): activations and scratch space, not the weights.
+        None as well when TensorRT reports neither.  Kept after ``close``.
+        """
+        return self._device_memory_bytes
 
     @property
     def description(self) -> str:
@@ -679,7 +720,14 @@ class TensorRTBackend(Backend):
         if context is None:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
         self._context = context
-        out_dtype = torch.float16 if result.value.outputs[0].dtype == "float16" else torch.float32
+        self._allocate_buffers(torch.float16 if result.value.outputs[0].dtype == "float16" else torch.float32)
+        self._engine_path = result.paths.payload  # only once the load has succeeded
+        self._device_memory_bytes = engine_device_memory_bytes(result.value.engine)
+
+    def _allocate_buffers(self, out_dtype: "torch.dtype") -> None:
+        """The full-batch input buffer (for partial batches on a static engine) and the output buffer."""
+        import torch
+
         shape = (self.options.batch, *self.spec.preprocess.input_shape)
         self._input_buffer = torch.empty(shape, dtype=torch.float32, device=self.device)
         self._output_buffer = torch.empty(

@@ -276,8 +276,27 @@ def dir_size_bytes(path: Path | None) -> int | None:
     return total
 
 
+def _engine_device_memory(engine: Any) -> int | None:
+    """``device_memory_size_v2`` (TensorRT 10+), else ``device_memory_size``, of an engine-like object."""
+    for attr in ("device_memory_size_v2", "device_memory_size"):
+        try:
+            value = getattr(engine, attr, None)
+        except Exception:  # noqa: BLE001 - deprecated properties may raise
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def engine_info(backend: Any) -> dict[str, Any]:
-    """What a backend exposes about its engine, read with getattr (None where it says nothing)."""
+    """What a backend exposes about its engine, read with getattr (None where it says nothing).
+
+    The engine file is ``cache_result.paths.payload``, else the public ``engine_path``
+    (TensorRTBackend), else ``onnx_path`` (onnxruntime).  The device memory is the
+    public ``device_memory_bytes`` (TensorRTBackend); a backend without it is probed
+    for an engine-like object (``engine``, or ``_engine.engine`` as older test doubles
+    hold it) with ``device_memory_size_v2`` / ``device_memory_size``.
+    """
     out: dict[str, Any] = {"engine_file_bytes": None, "engine_file": None, "trt_device_memory_bytes": None, "cache_hit": None, "engine_build_s": None}
     result = getattr(backend, "cache_result", None)
     payload = (
@@ -297,22 +316,13 @@ def engine_info(backend: Any) -> dict[str, Any]:
     build_s = getattr(result, "build_seconds", None)
     if isinstance(build_s, (int, float)):
         out["engine_build_s"] = float(build_s)
-    explicit = getattr(backend, "device_memory_size", None)
-    candidates = [getattr(backend, "engine", None), getattr(getattr(backend, "_engine", None), "engine", None)]
-    if isinstance(explicit, int):
+    explicit = getattr(backend, "device_memory_bytes", None)
+    if isinstance(explicit, int) and not isinstance(explicit, bool):
         out["trt_device_memory_bytes"] = explicit
     else:
-        for engine in candidates:
-            if engine is None:
-                continue
-            for attr in ("device_memory_size_v2", "device_memory_size"):
-                try:
-                    value = getattr(engine, attr, None)
-                except Exception:  # noqa: BLE001 - deprecated properties may raise
-                    value = None
-                if isinstance(value, int):
-                    out["trt_device_memory_bytes"] = value
+        for engine in (getattr(backend, "engine", None), getattr(getattr(backend, "_engine", None), "engine", None)):
+            if engine is not None:
+                out["trt_device_memory_bytes"] = _engine_device_memory(engine)
+                if out["trt_device_memory_bytes"] is not None:
                     break
-            if out["trt_device_memory_bytes"] is not None:
-                break
     return out

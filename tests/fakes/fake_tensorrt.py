@@ -17,7 +17,9 @@ on a machine without a GPU:
   a blob (bad magic, bad JSON, checksum mismatch), like TensorRT does for a
   corrupt plan;
 * the engine reports its I/O tensors (names, shapes with -1 for dynamic
-  dimensions, dtypes).
+  dimensions, dtypes) and a made-up device memory size
+  (``device_memory_size``, and ``device_memory_size_v2`` only when
+  ``__version__`` is 10 or later, as in TensorRT).
 
 Nothing here runs a network: ``execute_async_v3`` is absent on purpose
 (``IExecutionContext`` has it only as a class attribute so that the backend
@@ -41,6 +43,11 @@ __version__ = "10.13.0.35"
 IS_FAKE_TENSORRT = True
 
 MAGIC = b"FAKETRT1"
+
+FAKE_DEVICE_MEMORY_SIZE = 3 << 20
+"""What every fake engine reports as ``device_memory_size``."""
+FAKE_DEVICE_MEMORY_SIZE_V2 = FAKE_DEVICE_MEMORY_SIZE + 4096
+"""What it reports as ``device_memory_size_v2`` (TensorRT 10+; differs so that tests see which was read)."""
 
 
 class FakeBuildCounter:
@@ -360,6 +367,16 @@ class ICudaEngine:
     @property
     def num_io_tensors(self) -> int:
         return len(self._tensors)
+
+    @property
+    def device_memory_size(self) -> int:
+        return FAKE_DEVICE_MEMORY_SIZE
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        if int(__version__.split(".")[0]) < 10:
+            raise AttributeError("'tensorrt.ICudaEngine' object has no attribute 'device_memory_size_v2'")
+        return FAKE_DEVICE_MEMORY_SIZE_V2
 
     def get_tensor_name(self, index: int) -> str:
         return str(self._tensors[index][0]["name"])
