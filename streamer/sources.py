@@ -19,12 +19,15 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import numpy as np
 
 from engines.errors import ConfigError, SourceError
 from streamer.redact import redact_url
+
+if TYPE_CHECKING:
+    from streamer.imageio import OrderedPrefetcher
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -137,19 +140,35 @@ class Source(ABC):
         self.close()
 
 
-def _read_image(path: Path) -> np.ndarray | None:
+def _opencv_decode(data: np.ndarray, name: str) -> np.ndarray | None:
+    """OpenCV's decoder, with what its native libraries print caught (one call at a time)."""
     import cv2
 
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
     image, said = _quiet_native_stderr(lambda: cv2.imdecode(data, cv2.IMREAD_COLOR))
     if said:
-        log.debug("%s: the image decoder said: %s", path.name, said)
+        log.debug("%s: the image decoder said: %s", name, said)
     return image if image is not None and image.size else None
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """The image at ``path`` as BGR uint8, or None when it is not a readable image.
+
+    Pillow first (quiet, and parallel across the decode threads), OpenCV for what
+    Pillow cannot read: see :mod:`streamer.imageio`.
+    """
+    from streamer.imageio import UnreadableImage, decode_image_bytes, read_file_bytes
+
+    try:
+        return decode_image_bytes(read_file_bytes(path), path.name, lambda data: _opencv_decode(data, path.name))
+    except UnreadableImage as exc:
+        log.debug("%s: %s", path.name, exc)
+        return None
+
+
+def _timed_read(path: Path) -> tuple[np.ndarray | None, float]:
+    start = time.perf_counter()
+    image = _read_image(path)
+    return image, time.perf_counter() - start
 
 
 _STDERR_LOCK = threading.Lock()
@@ -205,25 +224,36 @@ class ImageListSource(Source):
             raise SourceError(f"{display_name}: no images found")
         self.paths = paths
         self.total_hint = len(paths)
-        self._pos = 0
+        self._reader: "OrderedPrefetcher[Path, tuple[np.ndarray | None, float]] | None" = None
+        """Decodes the images ahead of the pipeline, several at a time, handing them out in order."""
 
     def _open_impl(self) -> None:
-        self._pos = 0
+        from streamer.imageio import OrderedPrefetcher, default_workers
+
+        self.close()
+        workers = default_workers() if len(self.paths) > 1 else 1
+        self._reader = OrderedPrefetcher(_timed_read, self.paths, workers)
 
     def _read_impl(self) -> Frame | None:
-        while self._pos < len(self.paths):
-            path = self.paths[self._pos]
-            self._pos += 1
-            start = time.perf_counter()
-            image = _read_image(path)
+        reader = self._reader
+        while reader is not None:
+            got = reader.next()
+            if got is None:
+                return None
+            path, (image, decode_s) = got
             if image is None:
                 if len(self.paths) == 1:
                     raise SourceError(f"{path}: not a readable image")
                 self.unreadable += 1
                 log.warning("skipping %s: not a readable image", path.name)
                 continue
-            return self._make_frame(image, path.name, time.perf_counter() - start)
+            return self._make_frame(image, path.name, decode_s)
         return None
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
 
 class CaptureSource(Source):

@@ -166,7 +166,7 @@ def test_loose_cache_folder_is_made_private(cli: InProcessCli, tmp_path: Path, m
     assert cli("cache", "list", "--cache-dir", folder).returncode == 0
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     sub = folder / "onnx"
-    sub.mkdir()
+    sub.mkdir(exist_ok=True)  # `cache list` may already have made it (it lists ONNX exports too)
     sub.chmod(mode)
     assert onnx_cache_folder(folder) == sub and stat.S_IMODE(sub.stat().st_mode) == 0o700
 
