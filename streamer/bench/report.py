@@ -407,7 +407,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [
                 f"- Decode only (OpenCV/FFmpeg, {codec['frames']} frames {codec['frame_size'][0]}x{codec['frame_size'][1]}): {_pm(codec['decode_fps'], 1)} FPS",
                 f"- Encode only ({codec['codec']}): {_pm(codec['encode_fps'], 1)} FPS",
-                f"- Ceiling for a file-to-file pipeline: {_f(codec['bound_fps'], 1)} FPS (the slower, {codec['bound_by']}); "
+                f"- Ceiling for a file-to-file pipeline: {_f(codec['bound_fps'], 1)} FPS (the slower, {codec['bound_by']}, "
+                f"{codec.get('bound_statistic', 'mean of the passes')}); "
                 f"decode then encode on one thread: {_f(codec['serial_fps'], 1)} FPS",
                 "",
             ]
