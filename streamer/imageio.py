@@ -91,9 +91,9 @@ def _fallback(data: bytes, name: str, cv2_fallback: Callable[[np.ndarray], np.nd
 
 
 def default_workers() -> int:
-    """Decode threads for an image folder: up to 4, one core left for the rest of the pipeline."""
+    """Threads that decode (or encode) an image folder: up to 8, one core left for the rest of the pipeline."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores - 1))
+    return max(1, min(8, cores - 1))
 
 
 class OrderedPrefetcher(Generic[_T, _R]):
