@@ -54,6 +54,7 @@ def decode_image_bytes(data: bytes, name: str, cv2_fallback: Callable[[np.ndarra
         raise UnreadableImage("empty file")
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _silence_pillow_warnings()
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_PIXELS:
@@ -78,6 +79,20 @@ def decode_image_bytes(data: bytes, name: str, cv2_fallback: Callable[[np.ndarra
 
 class _UseOpenCV(Exception):
     pass
+
+
+def _silence_pillow_warnings() -> None:
+    """Pillow's own warnings ("Corrupt EXIF data", DecompressionBombWarning) would reach stderr
+    before our one line about the file; :data:`MAX_PIXELS` is the size limit that counts.
+
+    A process-wide filter on warnings raised from Pillow's modules, (re)placed first in the
+    filter list on every decode: ``warnings.catch_warnings`` is not thread-safe, and decodes
+    run on several threads; a filter added once could be lost when some other code restores
+    the list.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 
 def _fallback(data: bytes, name: str, cv2_fallback: Callable[[np.ndarray], np.ndarray | None] | None, why: str) -> np.ndarray:
@@ -128,6 +143,8 @@ class OrderedPrefetcher(Generic[_T, _R]):
     def next(self) -> tuple[_T, _R] | None:
         """The next item and its result (or its exception raised), None when all are done."""
         if self._workers == 1:
+            if self._closed:
+                return None
             try:
                 item = next(self._items)
             except StopIteration:

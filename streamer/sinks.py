@@ -372,10 +372,11 @@ class ImageFolderSink(Sink):
                 except OSError:
                     pass
                 raise SinkError(f"{target}: write failed ({exc.strerror})") from exc
-        except SinkError as exc:
+        except Exception as exc:  # noqa: BLE001 - cv2.error, MemoryError...: kept for the caller as ours
+            error = exc if isinstance(exc, SinkError) else SinkError(f"{target}: cannot encode image ({exc})")
             with self._lock:
                 if self._error is None:
-                    self._error = exc
+                    self._error = error
             return
         with self._lock:
             self.frames_written += 1

@@ -234,13 +234,7 @@ def test_jpeg_with_corrupt_exif_decodes_quietly(tmp_path: Path) -> None:
     image, written, warned = _fd2_of(lambda: _read_image(path))
     assert written == b""
     assert image is not None and np.array_equal(image, _imread(path))
-    # TODO(BUG, streamer/imageio.py decode_image_bytes): Pillow's TiffImagePlugin raises
-    # "UserWarning: Corrupt EXIF data.  Expecting to read 12 bytes but only got 2." while
-    # ImageOps.exif_transpose reads this EXIF block; nothing filters it, so in the CLI
-    # (`streamer run bad_exif.jpg`) Python prints it on stderr ahead of our own lines.
-    # Re-enable once decode_image_bytes silences Pillow's warnings:
-    # assert warned == [], warned
-    del warned
+    assert warned == [], warned
 
 
 def test_damaged_png_claiming_a_huge_size_is_unreadable_and_quiet(tmp_path: Path) -> None:
@@ -257,12 +251,7 @@ def test_damaged_png_claiming_a_huge_size_is_unreadable_and_quiet(tmp_path: Path
     image, written, warned = _fd2_of(lambda: _read_image(path))
     assert image is None
     assert written == b"", written
-    # TODO(BUG, streamer/imageio.py decode_image_bytes, Image.open): Pillow warns
-    # "DecompressionBombWarning: Image size (100000000 pixels) exceeds limit of 89478485 pixels"
-    # on open; in the CLI it is printed on stderr before our "not a readable image" line.
-    # Re-enable once Pillow's warnings are silenced (MAX_PIXELS is the limit that counts):
-    # assert warned == [], warned
-    del warned
+    assert warned == [], warned
 
 
 # -- OrderedPrefetcher -----------------------------------------------------------------------------
@@ -408,12 +397,7 @@ def test_prefetcher_next_after_close_gives_nothing(workers: int) -> None:
     if workers > 1:
         assert got is None
         return
-    # TODO(BUG, streamer/imageio.py OrderedPrefetcher.next): with workers <= 1 the
-    # `if self._workers == 1` branch never looks at self._closed, so next() after close()
-    # keeps calling fn and returns (1, 1) here, while workers > 1 returns None.
-    # ImageListSource drops its reader on close(), so no current caller sees it. Re-enable:
-    # assert got is None and calls == [0]
-    del got
+    assert got is None and calls == [0]
 
 
 # -- ImageListSource through the pool -----------------------------------------------------------

@@ -434,14 +434,7 @@ def test_pooled_image_folder_encoder_exception_leaves_nothing(
         sink.finalize()
     time.sleep(0.1)
     left = files_in(folder) if folder.exists() else []
-    # TODO(BUG, streamer/sinks.py ImageFolderSink._store/_wait): _store catches only SinkError;
-    # a cv2.error (or MemoryError) from cv2.imencode stays in its future, and _wait's
-    # future.result() re-raises it out of finalize() before abort() runs: frames 0-3, 5 and 6
-    # stay on disk (frame 4 missing) and the pool is not shut down.  Pipeline._finalize_outputs
-    # does not abort the sink when finalize() raises, so the CLI keeps the partial set.
-    # Re-enable once _store turns any exception into the kept SinkError:
-    # assert left == [], left
-    del left
+    assert left == [], left
     sink.abort()
     assert not folder.exists()
 
