@@ -163,7 +163,28 @@ def _preprocess_uint8(batch: "torch.Tensor", spec: PreprocessSpec, dtype: "torch
     if spec.channel_order == "RGB":
         x = x.flip(1)
     x = x.float()
-    mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    mean, std = _normalisation(spec.mean, spec.std, x.device)
     x = (x - mean) / std
     return x.to(dtype).contiguous()
+
+
+_NORMALISATION: dict[tuple[tuple[float, ...], tuple[float, ...], str], tuple["torch.Tensor", "torch.Tensor"]] = {}
+
+
+def _normalisation(mean: Sequence[float], std: Sequence[float], device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The (1, 3, 1, 1) mean and std tensors, in 0..255 units, made once per device.
+
+    Making them per frame cost two host-to-device copies, each of which waits for the
+    GPU's queue to drain (a pageable copy is synchronous): the pipeline's inference
+    thread then stalled on the previous frame's network on every frame.
+    """
+    import torch
+
+    key = (tuple(mean), tuple(std), str(device))
+    found = _NORMALISATION.get(key)
+    if found is None:
+        m = torch.tensor(key[0], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(key[1], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        found = (m.to(device), s.to(device))
+        _NORMALISATION[key] = found
+    return found

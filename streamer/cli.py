@@ -110,7 +110,7 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline (needs OpenCV with GStreamer)")
     p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
-    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources (default: 10)")
+    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
     p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
