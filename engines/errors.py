@@ -65,3 +65,11 @@ class SinkError(StreamerError):
 
 class PipelineError(StreamerError):
     """A pipeline thread failed; the cause is chained."""
+
+
+class ModelHung(PipelineError):
+    """A model call did not return within the watchdog's limit.
+
+    The call cannot be cancelled; the run stops around it, and the frames
+    labelled before it are kept and finalised.
+    """

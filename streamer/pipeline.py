@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engines.backends.base import Backend, Prediction, postprocess
-from engines.errors import ConfigError, PipelineError, SinkError, SourceError, SourceLost, SourceTimeout, StreamerError
+from engines.errors import ConfigError, ModelHung, PipelineError, SinkError, SourceError, SourceLost, SourceTimeout, StreamerError
 from streamer.overlay import FrameInfo, LabelAnnotator, StatsAnnotator
 from streamer.sinks import Sink, ThreadedSink
 from streamer.sources import Frame, Source
@@ -228,8 +228,6 @@ class Pipeline:
         self._slowest_batch = 0.0
         """The longest a batch has taken so far (the warm-up inference to begin with), in seconds."""
         self._batches_done = 0
-        self._model_hung: PipelineError | None = None
-        """The watchdog's error for a hung model: the frames labelled before it are kept."""
         self._capture_thread: threading.Thread | None = None
         self.backend: Backend | None = None
         lossless = not source.live
@@ -486,8 +484,7 @@ class Pipeline:
             limit = max(limit, _FIRST_BATCH_S)
         if busy > limit:
             slowest = f"; the slowest batch before took {self._slowest_batch:.2f} s" if self._batches_done else ""
-            self._model_hung = PipelineError(f"the model gave no result for {busy:.1f} s (inference hung?){slowest}")
-            raise self._model_hung
+            raise ModelHung(f"the model gave no result for {busy:.1f} s (inference hung?){slowest}")
 
     # -- driver --------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -530,11 +527,11 @@ class Pipeline:
             self.summary.pipeline_fps = (out - 1) / span if span > 0 else None
         if self._errors and not interrupted:
             error = self._errors[0]
-            if (isinstance(error, SourceLost) or error is self._model_hung) and self.summary.frames_out > 0:
+            if isinstance(error, (SourceLost, ModelHung)) and self.summary.frames_out > 0:
                 # The camera is gone for good, or the model hangs, but what was recorded before is sound: keep it.
                 self._finalize_outputs()
-                if error is self._model_hung:
-                    raise PipelineError(f"{error}; kept the {self.summary.frames_out} frames labelled before it") from error
+                if isinstance(error, ModelHung):
+                    raise ModelHung(f"{error}; kept the {self.summary.frames_out} frames labelled before it") from error
             else:
                 self._abort_outputs()
             raise _as_streamer_error(error)

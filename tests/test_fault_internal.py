@@ -18,13 +18,20 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from engines.backends.base import BackendOptions
+from engines.errors import ModelHung, PipelineError
 from faults.backends import FAILED_AT_ENV
 from faults.fixtures import InProcessCli, cli, fault_env, long_clip, restore_logging  # noqa: F401 - fixtures
 from faults.fs import entries
 from faults.media import count_frames, sample_frames
 from faults.mjpeg import MjpegCamera
 from faults.proc import MODEL_ARGS, LiveProcess, assert_one_clear_line, cli_env, fake_streamer
+from helpers import FakeBackend
+from streamer.pipeline import Pipeline, PipelineConfig
+from streamer.sinks import NullSink
+from streamer.sources import open_source
 
 EXIT_WITHIN_S = 2.0
 PROCESS_EXIT_WITHIN_S = 3.0
@@ -128,6 +135,38 @@ def test_ctrl_c_while_the_model_computes_in_native_code_exits_130(tmp_path: Path
     assert "terminate called" not in proc.stderr
     assert proc.ended_at is not None and proc.ended_at - sent < 2.0 + EXIT_WITHIN_S
     assert count_frames(out) == len((tmp_path / "p.jsonl").read_text().splitlines()) == 4
+
+
+class _BlockingBackend(FakeBackend):
+    """Inference call ``hang_on`` (1-based) blocks until the test releases it."""
+
+    def __init__(self, hang_on: int, release: threading.Event) -> None:
+        super().__init__(BackendOptions(device="cpu", batch=1))
+        self.hang_on = hang_on
+        self.release = release
+
+    def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.infer_calls + 1 >= self.hang_on:
+            self.release.wait(60)
+        return super()._infer_impl(batch)
+
+
+def test_hung_model_raises_model_hung_and_keeps_the_frames(short_clip: Path) -> None:
+    """In process: the watchdog's error is a :class:`ModelHung` (a :class:`PipelineError`, exit 1)
+    naming the frames kept, and the run finalises them rather than discarding them."""
+    release = threading.Event()
+    seen: list[object] = []
+    config = PipelineConfig(stall_timeout_s=0.5, join_timeout_s=0.5, batch=1)
+    pipeline = Pipeline(open_source(str(short_clip)), NullSink(), lambda: _BlockingBackend(5, release), config, on_frame=seen.append)
+    try:
+        with pytest.raises(ModelHung) as info:
+            pipeline.run()
+    finally:
+        release.set()
+    assert isinstance(info.value, PipelineError) and info.value.exit_code == 1
+    assert isinstance(info.value.__cause__, ModelHung)
+    assert "the model gave no result" in str(info.value) and "kept the 4 frames labelled before it" in str(info.value)
+    assert pipeline.summary.frames_out == len(seen) == 4
 
 
 @pytest.mark.parametrize("source", ["file", "live"])
