@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from engines.errors import CacheError, EngineError
-from engines.paths import cache_dir
+from engines.paths import cache_dir, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -633,22 +633,10 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if not hasattr(os, "O_DIRECTORY"):
-        return
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _tmp_target(name: str) -> str | None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Iterator, Literal
 from engines.errors import CacheError, ConfigError, EngineError
 from engines.models import ModelSpec, WeightsChoice, build_model, resolve_weights_file
 from engines.paths import cache_dir as resolve_cache_dir
-from engines.paths import ensure_private_dir, fsync_file
+from engines.paths import ensure_private_dir, fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     from engines.models import LoadedModel
@@ -270,19 +270,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -295,7 +282,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # -- export ------------------------------------------------------------------
@@ -355,7 +342,10 @@ def _export(
             failures.append(f"{name}: {type(exc).__name__}: {first_line}")
             log.debug("ONNX export of %s with the %s exporter failed", model.spec.name, name, exc_info=True)
             continue
-        _fsync_dir(path.parent)
+        try:
+            fsync_dir(path.parent)
+        except OSError as exc:
+            raise EngineError(f"cannot write {path}: {exc.strerror or exc}") from exc
         if info.opset != opset:
             log.info("%s: the %s exporter wrote opset %d (asked for %d)", model.spec.name, name, info.opset, opset)
         log.info(

@@ -53,6 +53,10 @@ def cache_dir(override: Path | None = None) -> Path:
     return ensure_private_dir(override if override is not None else default_cache_dir())
 
 
+_CANNOT_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+"""``fsync`` errors that mean "this file system cannot sync this", not "the data was lost"."""
+
+
 def fsync_file(path: Path) -> None:
     """Flush the data of the file written at ``path`` to the disk, before it is renamed into place.
 
@@ -64,7 +68,33 @@ def fsync_file(path: Path) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if exc.errno not in _CANNOT_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries to the disk, after a file was created or renamed into it.
+
+    Raises :class:`OSError` when the folder cannot be opened (ENOENT, EIO) or its entries
+    could not be written (EIO, ENOSPC, EDQUOT), as :func:`fsync_file` does.  Not an error,
+    since there is nothing more to do: a platform without folder descriptors (Windows), a
+    folder we may write to but not read (EACCES, EPERM), and a file system that cannot
+    sync a folder (EINVAL, ENOTSUP).
+    """
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        if exc.errno in _CANNOT_SYNC or exc.errno in (errno.EACCES, errno.EPERM):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_SYNC:
             raise
     finally:
         os.close(fd)

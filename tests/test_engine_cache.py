@@ -8,6 +8,7 @@ TensorRT itself.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+import engines.cache as cache_module
+import engines.paths as engine_paths
 from engines.backends.base import BackendOptions
 from engines.cache import (
     CACHE_FORMAT_VERSION,
@@ -611,6 +614,56 @@ def test_state_dict_hash_follows_weights() -> None:
     with torch.no_grad():
         b.bias[0] += 1e-3
     assert state_dict_sha256(a) != state_dict_sha256(b)
+
+
+# -- durable writes: engines.paths.fsync_dir, shared by the engine cache and the ONNX export cache ---------
+needs_dir_fds = pytest.mark.skipif(not hasattr(os, "O_DIRECTORY"), reason="no folder file descriptors on this platform")
+
+
+def _fsync_failing(code: int) -> Any:
+    def fsync(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fsync
+
+
+@needs_dir_fds
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC, errno.EDQUOT], ids=["EIO", "ENOSPC", "EDQUOT"])
+def test_fsync_dir_raises_when_the_folder_entries_were_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    monkeypatch.setattr(engine_paths.os, "fsync", _fsync_failing(code))
+    with pytest.raises(OSError) as info:
+        engine_paths.fsync_dir(tmp_path)
+    assert info.value.errno == code
+
+
+@needs_dir_fds
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP], ids=["EINVAL", "ENOTSUP", "EOPNOTSUPP"])
+def test_fsync_dir_ignores_a_file_system_that_cannot_sync_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    monkeypatch.setattr(engine_paths.os, "fsync", _fsync_failing(code))
+    engine_paths.fsync_dir(tmp_path)
+
+
+@needs_dir_fds
+def test_fsync_dir_syncs_a_real_folder_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    engine_paths.fsync_dir(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        engine_paths.fsync_dir(tmp_path / "gone")
+
+
+def test_atomic_write_reports_a_failed_folder_sync_as_a_cache_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def lost(folder: Path) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(cache_module, "fsync_dir", lost)
+    with pytest.raises(CacheError, match="cannot write .*entry.bin"):
+        cache_module.atomic_write(tmp_path / "entry.bin", b"data")
+
+
+def test_one_fsync_dir_for_both_caches() -> None:
+    import engines.onnx_export as onnx_export
+
+    assert cache_module.fsync_dir is engine_paths.fsync_dir and onnx_export.fsync_dir is engine_paths.fsync_dir
+    assert not hasattr(cache_module, "_fsync_dir") and not hasattr(onnx_export, "_fsync_dir")
 
 
 # -- scripts/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------
