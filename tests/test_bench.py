@@ -26,7 +26,8 @@ from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case, ModelChoice
 from streamer.bench.memory import engine_info, parse_compute_apps
 from streamer.bench.realtime import verdict
 from streamer.bench.stats import across_repeats, interval_rate, summarize
-from streamer.cli import main
+from streamer.bench.cli import config_from_args
+from streamer.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO / "samples" / "video" / "bigbuckbunny.mp4"
@@ -422,6 +423,31 @@ def test_missing_source_and_existing_report(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "r" / "report.json").write_text("{}", encoding="utf-8")
     code = main(["bench", str(VIDEO), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r"), "--no-progress", "--backends", "tensorrt"])
     assert code == SinkError.exit_code and "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("rtsp://admin:hunter2@cam.local:554/stream1", "rtsp://admin:***@cam.local:554/stream1"),
+        ("HTTP://cam.local/video.mjpg?password=hunter2", "HTTP://cam.local/video.mjpg?password=***"),
+    ],
+)
+def test_network_stream_source_is_refused_in_one_line(url: str, shown: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A URL is refused up front, not folded into a path and reported as a missing file; its password is not printed."""
+    code = main(["bench", url, "--model", "efficientnet_lite0", "--report", str(tmp_path / "r"), "--no-progress"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == ConfigError.exit_code != 0
+    assert len(err) == 1, captured.err
+    assert err[0] == f"streamer: error: bench measures a video file or an image folder, not a network stream: {shown}"
+    assert "no such file" not in err[0]
+    assert "hunter2" not in captured.err + captured.out
+    assert not (tmp_path / "r").exists()
+    # The error itself carries no password (not only the CLI's last-resort redaction of what it prints).
+    args = build_parser().parse_args(["bench", url, "--model", "efficientnet_lite0", "--report", str(tmp_path / "r")])
+    with pytest.raises(ConfigError) as info:
+        config_from_args(args)
+    assert "hunter2" not in str(info.value) and shown in str(info.value)
 
 
 def test_png_is_real_image(bench: tuple[Path, dict[str, Any]]) -> None:

@@ -117,7 +117,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from engines.backends import BACKEND_NAMES
     from engines.backends.base import PRECISIONS, resolve_device_name
     from engines.errors import ConfigError, SourceError
+    from streamer.redact import redact_url
+    from streamer.sources import STREAM_SCHEMES
 
+    text = (args.source or "").strip()
+    if text.lower().startswith(STREAM_SCHEMES):
+        # Checked before the text becomes a Path, which folds "rtsp://" into "rtsp:/" and calls it a missing file.
+        raise ConfigError(f"bench measures a video file or an image folder, not a network stream: {redact_url(text)}")
     backends = split_list(args.backends, "--backends")
     for b in backends:
         if b not in BACKEND_NAMES:
