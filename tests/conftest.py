@@ -12,7 +12,7 @@ import pytest
 # Test modules import ``helpers`` by name, whether or not tests/ becomes a package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import SAMPLE_IMAGES, SAMPLE_VIDEO, make_clip  # noqa: E402
+from helpers import SAMPLE_IMAGES, SAMPLE_VIDEO, make_clip, stamp_index  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,7 +46,7 @@ def sample_images() -> Path:
 
 @pytest.fixture(scope="session")
 def clip_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``clip_factory(name, frames, size=(320, 180), fps=25.0, fourcc="mp4v", stamp=False)``:
+    """``clip_factory(name, frames, size=(320, 180), fps=25.0, fourcc="mp4v", stamp=None)``:
     a clip re-encoded from the sample video, made once per session per name."""
     folder = tmp_path_factory.mktemp("clips")
     made: dict[str, Path] = {}
@@ -68,4 +68,4 @@ def short_clip(clip_factory: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def stamped_clip(clip_factory: Callable[..., Path]) -> Path:
     """24 real frames at 320x180, each carrying its index as a block code (see helpers.read_stamp)."""
-    return clip_factory("stamped.mp4", 24, stamp=True)
+    return clip_factory("stamped.mp4", 24, stamp=stamp_index)

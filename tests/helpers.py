@@ -3,6 +3,10 @@
 The fake backends are deliberately named for what they do (``SlowBackend``,
 ``RaisingBackend``); they subclass the real :class:`engines.backends.base.Backend`
 so the pipeline drives them exactly as it drives the torch backend.
+
+The fault suite's package ``tests/faults/`` imports its general helpers from here (paths, frame
+reading and counting, the clip encoder, the fake backends, the silent socket, ``cli_env``), also in
+the child process of ``python -m faults.fakecli``: keep this module free of pytest and conftest.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -30,6 +34,7 @@ from streamer.sinks import VideoFileSink
 from streamer.sources import Frame, Source
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 SAMPLES = REPO / "samples"
 SAMPLE_VIDEO = SAMPLES / "video" / "bigbuckbunny.mp4"
 SAMPLE_IMAGES = SAMPLES / "images"
@@ -58,11 +63,14 @@ def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
 
 
 def count_frames(path: Path | str) -> int:
-    """Frames decodable from ``path`` (decoded, not the container's metadata)."""
+    """Frames that actually decode from ``path`` (read to pictures, not the container's frame count)."""
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     n = 0
     try:
-        while cap.grab():
+        while True:
+            ok, _image = cap.read()
+            if not ok:
+                break
             n += 1
     finally:
         cap.release()
@@ -103,22 +111,34 @@ def make_clip(
     size: tuple[int, int] | None = (320, 180),
     fps: float = 25.0,
     fourcc: str = "mp4v",
-    stamp: bool = False,
+    stamp: Callable[[np.ndarray, int], object] | None = None,
     source: Path = SAMPLE_VIDEO,
+    loop: bool = False,
 ) -> Path:
-    """Re-encode the first ``frames`` frames of the sample video into ``dest``."""
+    """Re-encode the first ``frames`` frames of ``source`` (the sample video) into ``dest``.
+
+    Each frame is resized to ``size`` (kept as decoded for None) and, with ``stamp``, has its index
+    drawn in by ``stamp(image, index)`` (:func:`stamp_index`, or :func:`faults.media.stamp`).
+    With ``loop`` the source starts over at its end; without, it must hold ``frames`` frames."""
     cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
+    decoded: list[np.ndarray] = []  # kept for a loop
     writer = None
     written = 0
     try:
         while written < frames:
             ok, image = cap.read()
-            if not ok:
+            if ok:
+                if size is not None:
+                    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                if loop:
+                    decoded.append(image)
+                    image = image.copy()
+            elif loop and decoded:
+                image = decoded[written % len(decoded)].copy()
+            else:
                 break
-            if size is not None:
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            if stamp:
-                stamp_index(image, written)
+            if stamp is not None:
+                stamp(image, written)
             if writer is None:
                 h, w = image.shape[:2]
                 writer = cv2.VideoWriter(str(dest), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
@@ -166,7 +186,8 @@ class FakeBackend(Backend):
         pass
 
     def _warmup(self) -> None:
-        pass
+        # No network to warm up; warm the preprocessing instead (torch's first resize is slow).
+        self.preprocess([np.zeros((240, 320, 3), dtype=np.uint8)])
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         n = int(batch.shape[0])
@@ -198,20 +219,27 @@ class SlowBackend(FakeBackend):
 
 
 class RaisingBackend(FakeBackend):
-    """Raises ``error`` on inference call number ``fail_on`` (1-based)."""
+    """Raises ``error`` on inference call number ``fail_on`` (1-based); ``failed_at`` says when
+    (``time.monotonic()``)."""
 
     name = "raising"
 
-    def __init__(self, fail_on: int, error: BaseException | None = None) -> None:
-        super().__init__()
+    def __init__(self, fail_on: int, error: BaseException | None = None, options: BackendOptions | None = None) -> None:
+        super().__init__(options)
         self.fail_on = fail_on
         self.error = error or RuntimeError("simulated inference failure")
+        self.failed_at: float | None = None
 
     def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
         if self.infer_calls + 1 >= self.fail_on:
             self.infer_calls += 1
+            self.failed_at = time.monotonic()
+            self._on_failure(self.failed_at)
             raise self.error
         return super()._infer_impl(batch)
+
+    def _on_failure(self, at: float) -> None:
+        """Called just before the error is raised (a subclass may record the moment elsewhere)."""
 
 
 # -- fake sources and sinks --------------------------------------------------------
@@ -366,12 +394,12 @@ def http_file_server(payload: bytes, max_seconds: float = 60.0) -> Iterator[int]
 
 
 @contextmanager
-def silent_tcp_server(max_seconds: float = 30.0) -> Iterator[int]:
-    """Accepts connections and never answers (a dead camera behind a live socket)."""
+def silent_tcp_server(max_seconds: float = 60.0) -> Iterator[int]:
+    """Accepts connections and never answers (a dead camera behind a live socket); yields the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    sock.settimeout(0.1)
+    sock.settimeout(0.05)
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -381,10 +409,10 @@ def silent_tcp_server(max_seconds: float = 30.0) -> Iterator[int]:
             try:
                 conn, _ = sock.accept()
                 held.append(conn)
-            except (socket.timeout, OSError):
+            except OSError:  # socket.timeout included
                 continue
 
-    thread = threading.Thread(target=accept, daemon=True)
+    thread = threading.Thread(target=accept, daemon=True, name="silent-server")
     thread.start()
     try:
         yield int(sock.getsockname()[1])
@@ -404,16 +432,17 @@ def closed_port() -> int:
 
 
 # -- CLI ------------------------------------------------------------------------------
-def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for ``python -m streamer``: no display, the repo importable, the session's
-    private cache folders (set by conftest in os.environ) and ``extra``. OpenCV's and FFmpeg's log
-    levels are left unset, so the child runs with the product's own defaults, as a user's does."""
+def cli_env(*, importable: Sequence[Path] = (), **extra: str) -> dict[str, str]:
+    """Environment for ``python -m streamer``: no display, the repo (then the folders in
+    ``importable``) importable, the session's private cache folders (set by conftest or the fault
+    suite in os.environ) and ``extra``. OpenCV's and FFmpeg's log levels are left unset, so the child
+    runs with the product's own defaults, as a user's does."""
     env = dict(os.environ)
     for key in ("DISPLAY", "WAYLAND_DISPLAY", "OPENCV_LOG_LEVEL", "OPENCV_FFMPEG_LOGLEVEL"):
         env.pop(key, None)
     # The editable install in .venv maps ``streamer`` as a namespace package when run from
     # outside the repository; put the repository first so the real package is imported.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), *map(str, importable), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 

@@ -19,5 +19,11 @@ Everything here is test scaffolding, named for what it does:
 * :mod:`faults.fixtures` - pytest fixtures the fault modules import by name,
   among them ``cli``: ``streamer ARGS`` run in-process with a fake backend.
 
-It depends on nothing else in ``tests/`` so it can be read (and trusted) alone.
+The helpers that are not the fault suite's own - the sample paths, frame reading and counting,
+the clip encoder, the fake backend and its slow and raising kinds, the silent socket and closed
+port, the child's environment - live once in ``tests/helpers.py``; these modules import them from
+there (and re-export them under the names the fault tests use).  Nothing else in ``tests/`` is
+used, and never ``conftest.py``: ``python -m faults.fakecli`` runs in a child process with only
+the repository and ``tests/`` on its path (:func:`faults.proc.cli_env`), where ``helpers`` imports
+as it does here.
 """

@@ -3,8 +3,9 @@ exactly as the torch backend is, whose "network" is instant, slow, or fails on p
 
 ``from_spec("sleep:0.2")`` builds one from a short text, for :mod:`faults.fakecli`:
 
-* ``instant`` - logits from the frame's mean brightness, no delay;
-* ``sleep:S`` - sleeps S seconds per inference call (a model slower than the source);
+* ``instant`` - logits from the frame's mean brightness, no delay (:class:`helpers.FakeBackend`);
+* ``sleep:S`` - sleeps S seconds per inference call, a model slower than the source
+  (:class:`helpers.SlowBackend`);
 * ``raise:N`` - ``RuntimeError`` on inference call N (1-based);
 * ``oom:N`` - ``torch.cuda.OutOfMemoryError`` (CUDA's own wording) on call N;
 * ``oomtext:N`` - ``RuntimeError("CUDA out of memory. ...")`` on call N (older torch);
@@ -24,77 +25,30 @@ import time
 import torch
 
 from engines.backends.base import Backend, BackendOptions
-from engines.models import WeightsChoice, get_spec
+from helpers import MODEL  # noqa: F401 - re-exported
+from helpers import FakeBackend as InstantBackend
+from helpers import RaisingBackend
+from helpers import SlowBackend as SleepingBackend
 
-MODEL = "efficientnet_lite0"
 FAILED_AT_ENV = "FAULTS_FAILED_AT"
 
 
-class InstantBackend(Backend):
-    """Deterministic, frame-dependent logits at no cost: the class is the frame's mean brightness."""
-
-    name = "instant-fake"
-
-    def __init__(self, options: BackendOptions | None = None) -> None:
-        super().__init__(get_spec(MODEL), WeightsChoice("random"), options or BackendOptions(device="cpu", batch=64))
-        self.calls = 0
-
-    def _load_impl(self) -> None:
-        pass
-
-    def _warmup(self) -> None:
-        # No network to warm up; warm the preprocessing instead (torch's first resize is slow).
-        import numpy as np
-
-        self.preprocess([np.zeros((240, 320, 3), dtype=np.uint8)])
-
-    def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        n = int(batch.shape[0])
-        logits = torch.zeros((n, 1000))
-        idx = ((batch.reshape(n, -1).mean(dim=1) + 3.0) * 150.0).long().clamp(0, 999)
-        logits[torch.arange(n), idx] = 10.0
-        return logits
-
-    def _close_impl(self) -> None:
-        pass
+def mark_failed_at(at: float, keep_first: bool = False) -> None:
+    """Write ``at`` to the file ``$FAULTS_FAILED_AT`` names, when that is set (with ``keep_first``,
+    only where no earlier failure wrote it)."""
+    marker = os.environ.get(FAILED_AT_ENV)
+    if marker and not (keep_first and os.path.exists(marker)):
+        with open(marker, "w", encoding="ascii") as fh:
+            fh.write(repr(at))
 
 
-class SleepingBackend(InstantBackend):
-    """Sleeps ``delay`` seconds per inference call: a model slower than its source."""
-
-    name = "sleeping-fake"
-
-    def __init__(self, delay: float, options: BackendOptions | None = None) -> None:
-        super().__init__(options)
-        self.delay = delay
-
-    def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.delay)
-        return super()._infer_impl(batch)
-
-
-class FailingBackend(InstantBackend):
-    """Raises ``error`` on inference call ``fail_on`` (1-based); records when."""
+class FailingBackend(RaisingBackend):
+    """Raises ``error`` on inference call ``fail_on`` (1-based); records when, in ``$FAULTS_FAILED_AT`` too."""
 
     name = "failing-fake"
 
-    def __init__(self, fail_on: int, error: BaseException, options: BackendOptions | None = None) -> None:
-        super().__init__(options)
-        self.fail_on = fail_on
-        self.error = error
-        self.failed_at: float | None = None
-
-    def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.calls + 1 >= self.fail_on:
-            self.calls += 1
-            self.failed_at = time.monotonic()
-            marker = os.environ.get(FAILED_AT_ENV)
-            if marker:
-                with open(marker, "w", encoding="ascii") as fh:
-                    fh.write(repr(self.failed_at))
-            raise self.error
-        return super()._infer_impl(batch)
+    def _on_failure(self, at: float) -> None:
+        mark_failed_at(at)
 
 
 class HangingBackend(InstantBackend):
@@ -107,11 +61,8 @@ class HangingBackend(InstantBackend):
         self.hang_on = hang_on
 
     def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.calls + 1 >= self.hang_on:
-            marker = os.environ.get(FAILED_AT_ENV)
-            if marker:
-                with open(marker, "w", encoding="ascii") as fh:
-                    fh.write(repr(time.monotonic()))
+        if self.infer_calls + 1 >= self.hang_on:
+            mark_failed_at(time.monotonic())
             time.sleep(3600)
         return super()._infer_impl(batch)
 
@@ -126,11 +77,8 @@ class NativeBusyBackend(InstantBackend):
         self.busy_from = busy_from
 
     def _infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.calls + 1 >= self.busy_from:
-            marker = os.environ.get(FAILED_AT_ENV)
-            if marker and not os.path.exists(marker):
-                with open(marker, "w", encoding="ascii") as fh:
-                    fh.write(repr(time.monotonic()))
+        if self.infer_calls + 1 >= self.busy_from:
+            mark_failed_at(time.monotonic(), keep_first=True)
             a = torch.randn(1024, 1024)
             start = time.monotonic()
             while time.monotonic() - start < 8.0:

@@ -1,4 +1,9 @@
-"""Real frames from the bundled samples, serial stamps, and decoding checks."""
+"""Real frames from the bundled samples, serial stamps, and decoding checks.
+
+The sample paths, :func:`read_frames`, :func:`count_frames` and the clip encoder are the suite's
+general ones from ``tests/helpers.py`` (re-exported here); what is the fault suite's own is the
+12-bit serial stamp, the cached sample frames and the stamped, looping :func:`make_clip`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE_VIDEO = REPO / "samples" / "video" / "bigbuckbunny.mp4"
-SAMPLE_IMAGES = REPO / "samples" / "images"
+import helpers
+from helpers import REPO, SAMPLE_IMAGES, SAMPLE_VIDEO, count_frames, read_frames  # noqa: F401 - re-exported
 
 # A serial number drawn as STAMP_BITS black/white squares across the middle of
 # the frame: it survives JPEG and mp4v coding, and the overlay bands (top and
@@ -61,49 +65,11 @@ def is_blank(image: np.ndarray) -> bool:
 @functools.lru_cache(maxsize=8)
 def sample_frames(count: int, size: tuple[int, int]) -> tuple[np.ndarray, ...]:
     """The first ``count`` frames of the sample video, resized to ``size`` (width, height)."""
-    cap = cv2.VideoCapture(str(SAMPLE_VIDEO), cv2.CAP_FFMPEG)
-    frames: list[np.ndarray] = []
-    try:
-        while len(frames) < count:
-            ok, image = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-    finally:
-        cap.release()
+    frames = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in read_frames(SAMPLE_VIDEO, limit=count)]
     assert len(frames) == count, f"the sample has only {len(frames)} frames"
     for frame in frames:
         frame.setflags(write=False)
     return tuple(frames)
-
-
-def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    frames: list[np.ndarray] = []
-    try:
-        while limit is None or len(frames) < limit:
-            ok, image = cap.read()
-            if not ok:
-                break
-            frames.append(image)
-    finally:
-        cap.release()
-    return frames
-
-
-def count_frames(path: Path | str) -> int:
-    """Frames that actually decode from ``path`` (not the container's frame count)."""
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    n = 0
-    try:
-        while True:
-            ok, _image = cap.read()
-            if not ok:
-                break
-            n += 1
-    finally:
-        cap.release()
-    return n
 
 
 def count_frames_of_copy(path: Path, scratch: Path) -> int:
@@ -125,13 +91,6 @@ def video_size(path: Path | str) -> tuple[int, int]:
 
 
 def make_clip(dest: Path, frames: int, size: tuple[int, int] = (320, 180), fps: float = 25.0, fourcc: str = "mp4v") -> Path:
-    """Re-encode the first ``frames`` frames of the sample video into ``dest``, each stamped with its index."""
-    writer = cv2.VideoWriter(str(dest), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), fps, size)
-    assert writer.isOpened(), f"cannot write {dest} with {fourcc}"
-    try:
-        source = sample_frames(min(frames, 132), size)
-        for i in range(frames):
-            writer.write(stamp(source[i % len(source)].copy(), i))
-    finally:
-        writer.release()
-    return dest
+    """Re-encode the first ``frames`` frames of the sample video into ``dest`` (the sample looped past
+    its end), each stamped with its index (:func:`stamp`): :func:`helpers.make_clip` so set."""
+    return helpers.make_clip(dest, frames, size=size, fps=fps, fourcc=fourcc, stamp=stamp, loop=True)

@@ -11,6 +11,10 @@ The camera can be stalled (connections stay open, nothing is sent: a hung
 camera), killed (listener and every connection closed at once: a crashed or
 unplugged camera) and restarted on the same port.  It is bounded: it sends at
 most ``max_frames`` frames and shuts itself down after ``max_seconds``.
+
+The sockets that misbehave, :func:`silent_server` (accepts, never answers) and
+:func:`closed_port`, are :func:`helpers.silent_tcp_server` and
+:func:`helpers.closed_port`.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 
 from faults.media import STAMP_BITS, stamp
+from helpers import closed_port  # noqa: F401 - re-exported
+from helpers import silent_tcp_server as silent_server  # noqa: F401 - re-exported
 
 BOUNDARY = b"faultsframe"
 
@@ -244,41 +249,3 @@ def _hard_close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
-
-
-@contextmanager
-def silent_server(max_seconds: float = 60.0) -> Iterator[int]:
-    """A listening socket that accepts connections and never answers (a dead host behind a live port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.settimeout(0.05)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        deadline = time.monotonic() + max_seconds
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                conn, _ = sock.accept()
-                held.append(conn)
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True, name="silent-server")
-    thread.start()
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in held:
-            conn.close()
-        sock.close()
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

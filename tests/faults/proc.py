@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,29 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from faults.media import REPO
-
-TESTS = REPO / "tests"
+import helpers
+from helpers import TESTS
+from helpers import streamer_cmd as streamer  # noqa: F401 - re-exported
 MODEL_ARGS = ("--model", "efficientnet_lite0")
 """The one model whose ImageNet weights ship with a package (no download)."""
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The child's environment: no display, the repository (and tests/, for ``faults``) importable,
-    the private cache folders the session set, and ``extra``.  OpenCV's and FFmpeg's log levels are
-    left unset, so the child runs with the product's own defaults (what a user gets)."""
-    env = dict(os.environ)
-    for key in ("DISPLAY", "WAYLAND_DISPLAY", "OPENCV_LOG_LEVEL", "OPENCV_FFMPEG_LOGLEVEL"):
-        env.pop(key, None)
-    # The editable install maps ``streamer`` as a namespace package when run from outside the
-    # repository; the repository first on the path imports the real package.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(TESTS), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def streamer(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "streamer", *map(str, args)]
+    """:func:`helpers.cli_env` with tests/ importable as well (for ``faults`` and ``helpers``, which
+    ``python -m faults.fakecli`` imports): no display, the private cache folders the session set,
+    OpenCV's and FFmpeg's log levels unset, and ``extra``."""
+    return helpers.cli_env(importable=[TESTS], **extra)
 
 
 def fake_streamer(backend: str, *args: str | Path) -> list[str]:
