@@ -64,7 +64,11 @@ def fsync_file(path: Path) -> None:
     file systems only report those now).  A file system that cannot sync a file at all
     (EINVAL, ENOTSUP) is not an error: there is nothing more to do.
     """
-    fd = os.open(path, os.O_RDONLY)
+    _fsync_fd(os.open(path, os.O_RDONLY))
+
+
+def _fsync_fd(fd: int) -> None:
+    """``fsync`` an open descriptor and close it; "cannot sync here" errors are not errors."""
     try:
         os.fsync(fd)
     except OSError as exc:
@@ -91,10 +95,4 @@ def fsync_dir(folder: Path) -> None:
         if exc.errno in _CANNOT_SYNC or exc.errno in (errno.EACCES, errno.EPERM):
             return
         raise
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _CANNOT_SYNC:
-            raise
-    finally:
-        os.close(fd)
+    _fsync_fd(fd)
