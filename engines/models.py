@@ -6,6 +6,7 @@ so two backends can never disagree on normalisation or class names.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -44,11 +45,22 @@ class ModelSpec:
         return imagenet_labels()
 
 
+@functools.lru_cache(maxsize=1)
 def imagenet_labels() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names, from torchvision's metadata (no download)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    """The 1000 ImageNet-1k class names, in class-index order.
 
-    return tuple(_IMAGENET_CATEGORIES)
+    Read from ``engines/imagenet_classes.txt``, a copy of torchvision's list
+    (``torchvision.models._meta._IMAGENET_CATEGORIES``, BSD-3-Clause; a test keeps the
+    two equal): importing that module imports every torchvision model, over a second
+    before the first labelled frame of a backend that needs no torchvision model.
+    """
+    from importlib.resources import files
+
+    text = files("engines").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    labels = tuple(line for line in text.splitlines() if line)
+    if len(labels) != 1000:
+        raise ModelError(f"engines/imagenet_classes.txt: expected 1000 class names, found {len(labels)}")
+    return labels
 
 
 def _tv(name: str) -> Callable[[], "nn.Module"]:

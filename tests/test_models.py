@@ -59,6 +59,23 @@ def test_labels_are_the_1000_imagenet_classes() -> None:
     assert all(get_spec(n).labels == labels for n in FOUR_MODELS), "one label list for every model"
 
 
+def test_shipped_labels_are_torchvisions() -> None:
+    """engines/imagenet_classes.txt is a copy of torchvision's list (read without importing every torchvision model)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    assert imagenet_labels() == tuple(_IMAGENET_CATEGORIES)
+
+
+def test_labels_do_not_import_torchvision_models() -> None:
+    """The first labelled frame of an ONNX Runtime or TensorRT run must not wait for torchvision's model zoo."""
+    import subprocess
+    import sys
+
+    code = "import sys; from engines.models import imagenet_labels; imagenet_labels(); print('torchvision.models' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("name", FOUR_MODELS)
 def test_every_model_builds_and_gives_1000_logits(name: str) -> None:
     loaded = build_model(get_spec(name), WeightsChoice("random"))
