@@ -73,8 +73,8 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
     # Medians: a shared host's encoder speed moves by a third between passes a few
     # seconds apart (106 and 163 FPS measured on one H200 host); one slow pass must
     # not set the ceiling.
-    dec_mean, enc_mean = float(np.median(decode_fps)), float(np.median(encode_fps))
-    bound = min(dec_mean, enc_mean)
+    dec_median, enc_median = float(dec["p50"] or 0.0), float(enc["p50"] or 0.0)  # repeats >= 5: never None
+    bound = min(dec_median, enc_median)
     return {
         "frames": count,
         "frame_size": [w, h],
@@ -83,6 +83,6 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
         "codec": "mp4v (OpenCV FFmpeg writer)",
         "bound_fps": bound,
         "bound_statistic": f"median of {repeats} passes",
-        "bound_by": "decode" if dec_mean <= enc_mean else "encode",
-        "serial_fps": 1.0 / (1.0 / dec_mean + 1.0 / enc_mean),
+        "bound_by": "decode" if dec_median <= enc_median else "encode",
+        "serial_fps": 1.0 / (1.0 / dec_median + 1.0 / enc_median),
     }

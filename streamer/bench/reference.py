@@ -155,7 +155,7 @@ def lab_method(
     }
 
 
-def fastest_folder_config(device: str, batch: int) -> dict[str, Any]:
+def fastest_folder_config(device: str) -> dict[str, Any]:
     """The pipeline configuration the lab comparison uses: the fastest this code offers on ``device``.
 
     On a GPU: PyTorch fp16 replayed as a CUDA graph.  On the CPU: ONNX Runtime
@@ -163,9 +163,7 @@ def fastest_folder_config(device: str, batch: int) -> dict[str, Any]:
     fp32.  Batch 1 either way: with a handful of photos a batch only waits for
     its slowest decode, and the network is a fraction of a millisecond
     (measured on an H200: 8 photos took 23 ms at batch 1, 46 ms at batch 8).
-    ``batch`` (the bench's largest) is not used; it is kept for the job's record.
     """
-    del batch
     if device.startswith("cuda"):
         return {"backend": "torch", "precision": "fp16", "cuda_graphs": True, "batch": 1}
     from engines.backends import backend_installed

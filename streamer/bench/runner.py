@@ -265,7 +265,7 @@ def plan(
                             "repeats": config.repeats,
                             "warmup": min(config.warmup, 3),
                             "threads": config.threads,
-                            "pipeline_config": fastest_folder_config(dev, max(config.batches)),
+                            "pipeline_config": fastest_folder_config(dev),
                             "work_dir": str(work / f"lab-{model.name}-{dev.replace(':', '')}"),
                         },
                     )
