@@ -47,9 +47,10 @@ TOPK_KEYS = {"index", "label", "score"}
 
 
 # -- video helpers ------------------------------------------------------------
-def read_frames(path: Path | str, limit: int | None = None) -> list[np.ndarray]:
-    """Every frame cv2 can decode from ``path`` (BGR uint8)."""
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+def read_frames(path: Path | str, limit: int | None = None, params: Sequence[int] = ()) -> list[np.ndarray]:
+    """Every frame cv2 can decode from ``path`` (BGR uint8), up to ``limit``; ``params`` are
+    ``cv2.VideoCapture`` open parameters (a URL's timeouts)."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, list(params))
     frames: list[np.ndarray] = []
     try:
         while limit is None or len(frames) < limit:

@@ -96,20 +96,29 @@ def test_out_of_memory_process_exits_promptly(tmp_path: Path, long_clip: Path) -
 
 
 # -- a model that never returns ----------------------------------------------------------------------
+def _ctrl_c_once_marked(cmd: list[str], tmp_path: Path, marker: Path, what: str) -> tuple[LiveProcess, float, int]:
+    """Run ``cmd``; once the fake model writes ``marker`` (it is stuck), send Ctrl-C.
+
+    Returns the process, when the signal was sent (monotonic clock) and the exit code.
+    """
+    with LiveProcess(cmd, tmp_path, env=cli_env(**{FAILED_AT_ENV: str(marker)})) as proc:
+        from faults.proc import wait_until
+
+        wait_until(marker.exists, timeout=120, what=what)
+        time.sleep(0.5)
+        proc.signal(signal.SIGINT)
+        sent = time.monotonic()
+        code = proc.wait(30)
+    return proc, sent, code
+
+
 def test_hung_model_still_stops_on_ctrl_c_and_keeps_the_frames(tmp_path: Path, long_clip: Path) -> None:
     """The 10th inference never returns.  Ctrl-C still ends the run (the stuck worker is abandoned
     after the 2 s join limit) and the 9 frames already labelled are finalised."""
     marker = tmp_path / "hung-at"
     out = tmp_path / "out.mkv"
     cmd = fake_streamer("hang:10", "run", long_clip, "-o", out, "--predictions", tmp_path / "p.jsonl", "--timeout", "30", *RUN)
-    with LiveProcess(cmd, tmp_path, env=cli_env(**{FAILED_AT_ENV: str(marker)})) as proc:
-        from faults.proc import wait_until
-
-        wait_until(marker.exists, timeout=120, what="the model hanging")
-        time.sleep(0.5)
-        proc.signal(signal.SIGINT)
-        sent = time.monotonic()
-        code = proc.wait(30)
+    proc, sent, code = _ctrl_c_once_marked(cmd, tmp_path, marker, "the model hanging")
     assert code == 130, proc.stderr
     assert proc.ended_at is not None and proc.ended_at - sent < 2.0 + EXIT_WITHIN_S
     assert count_frames(out) == len((tmp_path / "p.jsonl").read_text().splitlines()) == 9
@@ -123,14 +132,7 @@ def test_ctrl_c_while_the_model_computes_in_native_code_exits_130(tmp_path: Path
     marker = tmp_path / "busy-at"
     out = tmp_path / "out.mkv"
     cmd = fake_streamer("busy:5", "run", long_clip, "-o", out, "--predictions", tmp_path / "p.jsonl", *RUN)
-    with LiveProcess(cmd, tmp_path, env=cli_env(**{FAILED_AT_ENV: str(marker)})) as proc:
-        from faults.proc import wait_until
-
-        wait_until(marker.exists, timeout=120, what="the model computing")
-        time.sleep(0.5)
-        proc.signal(signal.SIGINT)
-        sent = time.monotonic()
-        code = proc.wait(30)
+    proc, sent, code = _ctrl_c_once_marked(cmd, tmp_path, marker, "the model computing")
     assert code == 130, proc.stderr
     assert "terminate called" not in proc.stderr
     assert proc.ended_at is not None and proc.ended_at - sent < 2.0 + EXIT_WITHIN_S

@@ -72,17 +72,8 @@ def test_opencv_reads_the_test_camera_frame_for_frame() -> None:
     import cv2
 
     with MjpegCamera(sample_frames(12, (640, 360)), fps=50, max_frames=12, max_seconds=30) as cam:
-        cap = cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000])
-        try:
-            assert cap.isOpened()
-            frames: list[np.ndarray] = []
-            while len(frames) < 13:
-                ok, image = cap.read()
-                if not ok:
-                    break
-                frames.append(image)
-        finally:
-            cap.release()
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
+        frames = read_frames(cam.url, limit=13, params=timeouts)
     assert [read_serial(f) for f in frames] == list(range(12))  # then the camera hung up: the end
     assert {f.shape for f in frames} == {(360, 640, 3)}
 
