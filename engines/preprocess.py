@@ -9,6 +9,7 @@ run the very same code on the CPU.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Sequence
 
@@ -168,10 +169,8 @@ def _preprocess_uint8(batch: "torch.Tensor", spec: PreprocessSpec, dtype: "torch
     return x.to(dtype).contiguous()
 
 
-_NORMALISATION: dict[tuple[tuple[float, ...], tuple[float, ...], str], tuple["torch.Tensor", "torch.Tensor"]] = {}
-
-
-def _normalisation(mean: Sequence[float], std: Sequence[float], device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
+@functools.lru_cache(maxsize=None)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
     """The (1, 3, 1, 1) mean and std tensors, in 0..255 units, made once per device.
 
     Making them per frame cost two host-to-device copies, each of which waits for the
@@ -180,11 +179,6 @@ def _normalisation(mean: Sequence[float], std: Sequence[float], device: "torch.d
     """
     import torch
 
-    key = (tuple(mean), tuple(std), str(device))
-    found = _NORMALISATION.get(key)
-    if found is None:
-        m = torch.tensor(key[0], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        s = torch.tensor(key[1], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        found = (m.to(device), s.to(device))
-        _NORMALISATION[key] = found
-    return found
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return m.to(device), s.to(device)

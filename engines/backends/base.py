@@ -183,15 +183,13 @@ class Backend(ABC):
         return (batch, 1) if batch > 1 and self.options.dynamic_batch else (batch,)
 
     def _warmup(self) -> None:
-        """Inference on dummy batches of each size in :meth:`warmup_batches`, so lazy initialisation
-        (oneDNN, cuDNN heuristics per shape, engine context) is paid at load time instead of on the
-        first real frames (a first fp16 batch of 8 took about 2 s on an H200 when only batch 1 was warmed)."""
+        """A frame's whole path (preprocess, network, top-k) on dummy batches of each size in
+        :meth:`warmup_batches`, so lazy initialisation (oneDNN, cuDNN heuristics per shape, GPU
+        kernels loaded on first use, engine context) is paid at load time instead of on the first
+        real frames (a first fp16 batch of 8 took about 2 s on an H200 when only batch 1 was warmed)."""
         crop = self.spec.preprocess.crop
         frame = np.zeros((2 * crop, 3 * crop, 3), dtype=np.uint8)
         for n in self.warmup_batches():
-            # The whole path a frame takes: on a GPU each kernel is loaded on its first use, and
-            # the first resize, normalisation and top-k cost seconds of the first real frame
-            # (measured on an H200: 5.6 s from load to the first labelled frame without this).
             logits = self._infer_impl(self.preprocess([frame] * n))
             postprocess(logits, self.spec.labels, 1)
 
