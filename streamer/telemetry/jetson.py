@@ -757,7 +757,10 @@ def markdown_block(env: dict[str, Any], rows: list[dict[str, Any]], label: Calla
         return []
     lines = ["## Jetson", ""]
     if isinstance(facts, dict):
-        line = startup_line(JetsonFacts(**{k: facts.get(k) for k in JetsonFacts.__dataclass_fields__}))
+        known: dict[str, Any] = {k: facts.get(k) for k in JetsonFacts.__dataclass_fields__}
+        known["clock_domains"] = known["clock_domains"] or []
+        known["notes"] = known["notes"] or []
+        line = startup_line(JetsonFacts(**known))
         if line:
             lines.append(f"- {line[len('jetson: '):]}")
         for note in facts.get("notes") or []:
