@@ -372,22 +372,24 @@ def threading_is_main() -> bool:
 
 
 def _check_torch_version() -> None:
-    """Refuse torch < 2.6: older ``torch.load(weights_only=True)`` is not a safe loader."""
+    """Refuse torch < 2.0; accept 2.0-2.5 (JetPack 6's NVIDIA wheel is 2.5.0a0+...nv24.08).
+
+    On torch < 2.6 ``torch.load(weights_only=True)`` is not a safe loader (CVE-2025-32434), so
+    there engines.models loads only safetensors files and hash-verified ImageNet pickles, and
+    refuses any other ``--weights`` pickle with one line (README: "Weights on torch older than 2.6").
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     from engines.errors import ConfigError
+    from engines.models import parse_torch_version
 
     try:
         text = version("torch")
     except PackageNotFoundError:
         raise ConfigError("PyTorch is not installed: pip install 'torch>=2.6'") from None
-    parts = text.split("+")[0].split(".")
-    try:
-        major, minor = int(parts[0]), int(parts[1])
-    except (ValueError, IndexError):
-        return
-    if (major, minor) < (2, 6):
-        raise ConfigError(f"torch {text} is too old: 2.6 or newer is required (safe weights_only loading)")
+    parsed = parse_torch_version(text)
+    if parsed is not None and parsed < (2, 0):
+        raise ConfigError(f"torch {text} is too old: 2.0 or newer is required (2.6 or newer to load pickled weights files)")
 
 
 def entry() -> None:

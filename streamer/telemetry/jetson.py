@@ -159,9 +159,9 @@ def parse_nvpmodel_conf(text: str | None) -> tuple[dict[int, str], int | None]:
     default = None
     for m in re.finditer(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=([^\s>]+)\s*>", text or ""):
         modes[int(m.group(1))] = m.group(2)
-    m = re.search(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>", text or "")
-    if m:
-        default = int(m.group(1))
+    found = re.search(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>", text or "")
+    if found:
+        default = int(found.group(1))
     return modes, default
 
 
