@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _build_run_parser(sub)
-    for module, func in (("streamer.bench.cli", "add_bench_command"), ("streamer.cmd_engines", "add_engine_commands")):
+    for module, func in (("streamer.bench.cli", "add_bench_command"), ("streamer.cmd_engines", "add_engine_commands"), ("streamer.doctor", "add_doctor_command")):
         try:
             mod = __import__(module, fromlist=[func])
         except ImportError:
@@ -334,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM finalises like Ctrl-C (service managers and `timeout` send it).
         previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
-        _check_torch_version()
+        if not getattr(args, "skip_torch_check", False):  # streamer doctor reports torch itself
+            _check_torch_version()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("streamer: interrupted", file=sys.stderr)
