@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 OK, MISSING, WARN, INFO = "ok", "missing", "warn", "info"
+SYSTEM_TENSORRT = (Path("/usr/lib/python3/dist-packages/tensorrt"), Path(f"/usr/lib/python3.{sys.version_info.minor}/dist-packages/tensorrt"))
+"""Where JetPack's python3-libnvinfer (and Debian-style packages) put the TensorRT module."""
 JETSON_TRT_HINT = (
     "on a Jetson make the venv with --system-site-packages to see JetPack's python3-libnvinfer "
     "(python3 -m venv --system-site-packages .venv; sudo apt install python3-libnvinfer if it is absent)"
@@ -180,6 +182,11 @@ def _trt_missing_step(jetson: bool) -> str:
 
 def probe_tensorrt(jetson: bool) -> Check:
     if not _present("tensorrt"):
+        system = next((p for p in SYSTEM_TENSORRT if p.is_dir()), None)
+        if system is not None and sys.prefix != sys.base_prefix:
+            return Check("TensorRT", MISSING, f"not importable: the system's TensorRT is at {system}, but this venv does not see the "
+                         "system site-packages", "recreate the venv with --system-site-packages (python3 -m venv --system-site-packages .venv)",
+                         data={"system_tensorrt": str(system)})
         return Check("TensorRT", MISSING, "not importable (module tensorrt)", _trt_missing_step(jetson))
     try:
         import tensorrt

@@ -136,3 +136,14 @@ def test_jetson_line_from_recorded_facts(tmp_path: Path) -> None:
     assert check.detail == "unknown model, L4T 36.4.3 (JetPack 6.2), power mode 25W (1), clocks unknown"
     assert check.next_step == "sudo jetson_clocks before timing (steady clocks)"
     assert doctor.probe_tensorrt(jetson=True).next_step in (doctor.JETSON_TRT_HINT, None)
+
+
+def test_system_tensorrt_outside_the_venv_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    system = tmp_path / "usr" / "lib" / "python3" / "dist-packages" / "tensorrt"
+    system.mkdir(parents=True)
+    monkeypatch.setattr(doctor, "SYSTEM_TENSORRT", (system,))
+    monkeypatch.setattr(doctor, "_present", lambda module: False)
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    check = doctor.probe_tensorrt(jetson=True)
+    assert check.status == "missing" and str(system) in check.detail and "--system-site-packages" in (check.next_step or "")
