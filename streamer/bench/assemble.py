@@ -83,6 +83,7 @@ def case_row(case: Case, result: dict[str, Any], target_fps: float | None) -> di
     row["backend_description"] = result.get("backend_description")
     row["errors"] = result.get("errors") or {}
     row["machine_load"] = result.get("machine_load")
+    row["jetson"] = result.get("jetson")  # streamer.telemetry.jetson sampler summary; None off a Jetson
     row["attempts"] = result.get("attempts")
     load = result.get("load") or {}
     row["load"].update({k: load.get(k) for k in row["load"]})

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.bench.memory import is_jetson
 
 
 def _run(cmd: list[str], timeout: float = 15.0) -> str | None:
@@ -95,7 +94,7 @@ def collect(device: str = "cpu") -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     cuda_ok = torch.cuda.is_available()
     gpus = gpu_info()
-    jetson = is_jetson()
+    jetson_env = jetson_fields()
     env: dict[str, Any] = {
         "cpu_model": cpu_model(),
         "cpu_cores_physical": physical,
@@ -124,10 +123,7 @@ def collect(device: str = "cpu") -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "python_executable": sys.executable,
-        "jetson": jetson,
-        "jetson_model": _jetson_model() if jetson else None,
-        "jetson_power_mode": _run(["nvpmodel", "-q"]) if jetson else None,
-        "jetson_clocks": _run(["jetson_clocks", "--show"]) if jetson else None,
+        **jetson_env,
         "bench_device": device,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -143,11 +139,38 @@ def _ort_providers() -> list[str] | None:
         return None
 
 
-def _jetson_model() -> str | None:
+def jetson_fields(root: Path = Path("/")) -> dict[str, Any]:
+    """The Jetson facts a report keeps (read without root; every value None off a Jetson).
+
+    ``jetson_power_mode`` is the mode name and id (``nvpmodel -q``, else the nvpmodel status file);
+    ``jetson_clocks`` is "locked" / "not locked" judged from sysfs min == max, since
+    ``jetson_clocks --show`` needs root; ``jetson_facts`` holds everything, per clock domain.
+    """
+    from streamer.telemetry import jetson
+
     try:
-        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode("utf-8", "replace")
-    except OSError:
-        return None
+        facts = jetson.read_facts(root)
+    except Exception:  # noqa: BLE001 - a machine we cannot read is reported as unknown, never as a failure
+        facts = None
+    if facts is None:
+        return {
+            "jetson": False,
+            "jetson_model": None, "jetson_l4t": None, "jetson_jetpack": None,
+            "jetson_power_mode": None, "jetson_clocks": None, "jetson_facts": None,
+        }
+    mode = None
+    if facts.power_mode or facts.power_mode_id is not None:
+        mode = f"{facts.power_mode or '?'}" + (f" (mode {facts.power_mode_id})" if facts.power_mode_id is not None else "")
+    clocks = {True: "locked", False: "not locked", None: None}[facts.clocks_locked]
+    return {
+        "jetson": True,
+        "jetson_model": facts.model,
+        "jetson_l4t": facts.l4t,
+        "jetson_jetpack": facts.jetpack,
+        "jetson_power_mode": mode,
+        "jetson_clocks": clocks,
+        "jetson_facts": facts.as_dict(),
+    }
 
 
 def _host_memory_gb() -> float | None:

@@ -430,12 +430,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _table(["case", "status", "reason"], [[_label(r), r["status"], str(r.get("reason") or DASH)] for r in bad + partial])
         lines += ["", "No figure is given for these: nothing was measured.", ""]
 
+    from streamer.telemetry.jetson import markdown_block
+
+    lines += markdown_block(env, rows, _label)  # [] off a Jetson
     lines += ["## Environment", ""]
     keys = [
         "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_cores_usable", "torch_threads", "host_memory_gb",
         "gpu_name", "gpu_capability", "driver", "cuda", "cudnn", "tf32_conv", "tf32_matmul", "torch", "torchvision",
         "tensorrt", "torch2trt", "onnxruntime", "onnxruntime_providers", "onnx", "opencv", "numpy", "os", "python",
-        "jetson", "jetson_model", "jetson_power_mode", "jetson_clocks",
+        "jetson", "jetson_model", "jetson_l4t", "jetson_jetpack", "jetson_power_mode", "jetson_clocks",
     ]
     lines += _table(["", "value"], [[k, _env(env.get(k))] for k in keys])
     gpus = env.get("gpus") or []

@@ -127,6 +127,11 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     load["cache_dir_fresh"] = cache_was_empty
     row["load"] = load
     row["backend_description"] = backend.description
+    from streamer.telemetry.jetson import JetsonSampler
+
+    jetson = JetsonSampler.create()  # None off a Jetson; samples the measured phases below
+    if jetson is not None:
+        jetson.start()
     try:
         sampler.phase("network")
         emit("network alone: preprocessing the source", 0, job["repeats"])
@@ -202,6 +207,9 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         row["realtime"] = _section(errors, "realtime", replay)
     finally:
         sampler.stop()
+        if jetson is not None:
+            jetson.stop()
+            row["jetson"] = jetson.summary()
         row["machine_load"] = usage.result()
         engine_dir_bytes = dir_size_bytes(cache_dir) if cache_was_empty else None
         app_host = sampler.peak_of(sampler.host_peaks)

@@ -1,0 +1,1 @@
+"""Device telemetry read without root (today: NVIDIA Jetson, :mod:`streamer.telemetry.jetson`)."""
