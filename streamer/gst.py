@@ -231,7 +231,13 @@ def _quote(value: str) -> str:
 
 
 def _framerate(fps: float) -> str:
-    frac = Fraction(fps).limit_denominator(1001)
+    """GStreamer's fraction for ``fps``: 30 -> 30/1, 29.97 -> 30000/1001 (the NTSC rates)."""
+    if abs(fps - round(fps)) < 1e-6:
+        return f"{round(fps)}/1"
+    ntsc = round(fps * 1.001)
+    if abs(fps - ntsc / 1.001) < 0.005:
+        return f"{ntsc * 1000}/1001"
+    frac = Fraction(fps).limit_denominator(1000)
     return f"{frac.numerator}/{frac.denominator}"
 
 
