@@ -300,8 +300,8 @@ def test_gst_output_writes_a_playable_file_with_every_frame(stamped_clip: Path, 
     assert [read_stamp(image) for image in played] == list(range(24))
     launch = shutil.which("gst-launch-1.0")
     if launch is not None:
-        result = subprocess.run([launch, "-q", "filesrc", f"location={out}", "!", "decodebin", "!", "fakesink"], capture_output=True, timeout=60)
-        assert result.returncode == 0, result.stderr
+        played_by_launch = subprocess.run([launch, "-q", "filesrc", f"location={out}", "!", "decodebin", "!", "fakesink"], capture_output=True, timeout=60)
+        assert played_by_launch.returncode == 0, played_by_launch.stderr
 
 
 @pytest.mark.gstreamer
