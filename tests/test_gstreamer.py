@@ -126,6 +126,10 @@ def test_output_pipeline_without_the_flag_is_refused_with_a_hint(tmp_path: Path)
     with pytest.raises(ConfigError, match="--gst-output"):
         make_sink(f"appsrc ! videoconvert ! x264enc ! matroskamux ! filesink location={tmp_path}/x.mkv", False)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match="--gst-output needs -o"):
+        make_sink(None, False, gst_output=True)
+    with pytest.raises(ConfigError, match="--fourcc does not apply to --gst-output"):
+        make_sink(f"appsrc ! x264enc ! filesink location={tmp_path}/x.mkv", False, fourcc="avc1", gst_output=True)
 
 
 def test_input_format_applies_to_cameras_only(sample_video: Path) -> None:
