@@ -97,10 +97,11 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "run",
         help="label every frame of a source",
         description="Label every frame of SOURCE: a camera index (0) or /dev/videoN, a video file, an image, "
-        "a folder or glob of images, an rtsp:// or http(s):// stream, or a GStreamer pipeline with --gst.",
+        "a folder or glob of images, an rtsp:// or http(s):// stream, a Jetson CSI camera (csi://N), "
+        "or a GStreamer pipeline with --gst.",
     )
-    p.add_argument("source", help="0 | /dev/video0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
-    p.add_argument("-o", "--output", default=None, help="write annotated video (.mp4 .mkv .avi .mov) or images (a folder)")
+    p.add_argument("source", help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
+    p.add_argument("-o", "--output", default=None, help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), or a pipeline (--gst-output)")
     p.add_argument("--show", action="store_true", help="show frames in a window (q or Esc quits)")
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -108,7 +109,13 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--topk", "-k", type=_positive_int, default=1, help="labels drawn per frame (default: 1)")
     p.add_argument("--batch", type=_positive_int, default=1, help="frames per inference batch, file inputs (default: 1)")
     p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
-    p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline (needs OpenCV with GStreamer)")
+    p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline ending in appsink (needs OpenCV with GStreamer)")
+    p.add_argument("--gst-output", action="store_true", help="-o is a GStreamer pipeline starting with appsrc (needs OpenCV with GStreamer)")
+    p.add_argument("--lossless", action="store_true", help="read a live GStreamer pipeline like a file: every frame, no reconnect")
+    p.add_argument("--decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, or gstreamer (default: auto)")
+    p.add_argument("--input-width", type=_positive_int, default=None, metavar="W", help="cameras and csi://N: capture width to ask for")
+    p.add_argument("--input-height", type=_positive_int, default=None, metavar="H", help="cameras and csi://N: capture height to ask for")
+    p.add_argument("--input-fps", type=_positive_float, default=None, metavar="FPS", help="cameras and csi://N: capture frame rate to ask for")
     p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
@@ -208,12 +215,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = backend_options_from_args(args)
     # Cheap checks first, so bad input fails with one line before anything loads:
     # the output path, then the source (opening it decodes the first frame).
-    sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc)
+    sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout)
     if args.predictions is not None:
         from streamer.sinks import check_output_path
 
         check_output_path(args.predictions, args.overwrite)
-    source_options = SourceOptions(gst=args.gst, open_timeout_s=args.timeout, read_timeout_s=args.timeout, realtime=args.realtime)
+    source_options = SourceOptions(
+        gst=args.gst,
+        open_timeout_s=args.timeout,
+        read_timeout_s=args.timeout,
+        realtime=args.realtime,
+        width=args.input_width,
+        height=args.input_height,
+        fps=args.input_fps,
+        lossless=args.lossless,
+        decoder=args.decoder,
+    )
     source = open_source(args.source, source_options)
     predictions = None
     try:

@@ -36,6 +36,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FPS = 30.0
 MAX_SANE_FPS = 240.0
+DECODERS = ("auto", "ffmpeg", "gstreamer")
+CSI_SCHEME = "csi://"
 
 
 @dataclass
@@ -62,9 +64,24 @@ class SourceOptions:
     """Replay a file at its own frame rate and treat it as a live source."""
     width: int | None = None
     height: int | None = None
+    fps: float | None = None
+    """Cameras and ``csi://N``: the capture size and frame rate asked of the device (``--input-*``)."""
+    lossless: bool = False
+    """A live GStreamer pipeline is read like a file: every frame queued, no reconnect."""
+    decoder: str = "auto"
+    """Video files: ``auto`` (GStreamer's hardware decoder where ``nvv4l2decoder`` exists, else
+    FFmpeg), ``ffmpeg``, or ``gstreamer`` (the hardware decoder if present, else ``decodebin``)."""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 < value <= 16384):
+                raise ConfigError(f"input {name} must be between 1 and 16384, got {value!r}")
+        if self.fps is not None and not (math.isfinite(self.fps) and 0 < self.fps <= MAX_SANE_FPS):
+            raise ConfigError(f"input fps must be between 0 and {MAX_SANE_FPS:.0f}, got {self.fps!r}")
         for name in ("open_timeout_s", "read_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 3600):
@@ -259,6 +276,9 @@ class ImageListSource(Source):
 class CaptureSource(Source):
     """Anything ``cv2.VideoCapture`` opens: files, cameras, network streams, GStreamer."""
 
+    sets_input_format = False
+    """Ask the device for ``--input-width/--input-height/--input-fps`` (cameras)."""
+
     def __init__(self, target: str | int, display_name: str, options: SourceOptions, api: int | None = None) -> None:
         super().__init__(display_name)
         self.target = target
@@ -278,6 +298,9 @@ class CaptureSource(Source):
         ]
         return params
 
+    _not_opened_reason = ""
+    """Said after "cannot open KIND" when ``cv2.VideoCapture`` does not open."""
+
     def _open_impl(self) -> None:
         import cv2
 
@@ -288,24 +311,41 @@ class CaptureSource(Source):
             raise SourceError(f"{self.display_name}: cannot open ({exc})") from exc
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{self.display_name}: cannot open {self.kind}")
-        if self.options.width:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.options.width)
-        if self.options.height:
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.options.height)
+            raise SourceError(f"{self.display_name}: cannot open {self.kind}{self._not_opened_reason}")
+        if self.sets_input_format:
+            self._set_input_format(cap)
         self._cap = cap
         if self._opened_once:
             return
         self._opened_once = True
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._read_properties(cap)
+
+    def _read_properties(self, cap: object) -> None:
+        import cv2
+
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)  # type: ignore[attr-defined]
         if math.isfinite(fps) and 1.0 <= fps <= MAX_SANE_FPS:
             self.fps, self.fps_trusted = fps, True
         else:
             self.fps, self.fps_trusted = DEFAULT_FPS, False
             log.warning("%s: frame rate metadata %r is not plausible; assuming %.0f FPS", self.display_name, fps, DEFAULT_FPS)
-        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)  # type: ignore[attr-defined]
         if not self.live and math.isfinite(count) and 0 < count < 1e8:
             self.total_hint = int(count)
+
+    def _set_input_format(self, cap: object) -> None:
+        """Ask the device for the size and rate the user gave; say so when it picks another."""
+        import cv2
+
+        asked = ((cv2.CAP_PROP_FRAME_WIDTH, self.options.width, "width"), (cv2.CAP_PROP_FRAME_HEIGHT, self.options.height, "height"), (cv2.CAP_PROP_FPS, self.options.fps, "fps"))
+        for prop, value, _ in asked:
+            if value:
+                cap.set(prop, float(value))  # type: ignore[attr-defined]
+        for prop, value, label in asked:
+            if value:
+                got = float(cap.get(prop) or 0.0)  # type: ignore[attr-defined]
+                if got and abs(got - float(value)) > 0.5:
+                    log.warning("%s: asked for input %s %g, the device gives %g", self.display_name, label, value, got)
 
     def _grab(self) -> np.ndarray | None:
         import cv2
@@ -371,6 +411,7 @@ class CameraSource(CaptureSource):
     kind = "camera"
     live = True
     reconnectable = True
+    sets_input_format = True
 
 
 class StreamSource(CaptureSource):
@@ -398,15 +439,159 @@ class StreamSource(CaptureSource):
                 self.total_hint = int(count)
 
 
-class GStreamerSource(CaptureSource):
-    """A GStreamer pipeline string (needs an OpenCV built with GStreamer, e.g. on a Jetson)."""
+class _GStreamerOpen(CaptureSource):
+    """Opens through OpenCV's GStreamer backend, under the open timeout.
 
-    kind = "GStreamer pipeline"
-    live = True
-    reconnectable = True
+    OpenCV's GStreamer open (and the first read, which waits for the first buffer)
+    can block without end - a camera that never starts, a server that never
+    answers - so both run on a helper thread; past ``--timeout`` the run ends with
+    one line.  Missing elements are found in GStreamer's registry before that.
+    """
+
+    pipeline: str
+    _not_opened_reason = ": GStreamer could not start it (an element refused its settings, the caps do not match, or the input is missing)"
 
     def _open_params(self) -> list[int]:
         return []
+
+    def _check_elements(self) -> None:
+        from streamer import gst
+
+        message = gst.missing_element_message(self.display_name, self.pipeline)
+        if message is not None:
+            raise SourceError(message)
+
+    def open(self) -> "Source":
+        from streamer import gst
+
+        self._check_elements()
+        try:
+            return gst.call_with_timeout(super().open, self.options.open_timeout_s)
+        except gst.OpenTimeout as exc:
+            raise SourceError(f"{self.display_name}: {exc} (is the camera, file or server there?)") from None
+
+    def reopen(self) -> None:
+        from streamer import gst
+
+        self.close()
+        try:
+            gst.call_with_timeout(self._open_impl, self.options.open_timeout_s)
+        except gst.OpenTimeout as exc:
+            raise SourceError(f"{self.display_name}: {exc}") from None
+
+
+class GStreamerSource(_GStreamerOpen):
+    """A GStreamer pipeline string (needs an OpenCV built with GStreamer, e.g. on a Jetson).
+
+    The pipeline ends at its end-of-stream.  Without a live source element
+    (``videotestsrc``, ``filesrc``, ``multifilesrc``...) or with ``--lossless`` it is
+    read like a file: every frame, in order, no reconnect.  With one (``v4l2src``,
+    ``nvarguscamerasrc``, ``rtspsrc``, ``udpsrc``, ``is-live=true``...) the newest frame
+    wins and a lost stream is reconnected - unless a ``num-buffers`` limit says the
+    end is meant.
+    """
+
+    kind = "GStreamer pipeline"
+
+    def __init__(self, pipeline: str, options: SourceOptions, display_name: str | None = None) -> None:
+        import cv2
+
+        from streamer import gst
+
+        info = gst.parse(pipeline)
+        super().__init__(pipeline, display_name or gst.describe(pipeline), options, api=cv2.CAP_GSTREAMER)
+        self.pipeline = pipeline
+        self.live = info.live and not options.lossless
+        self.reconnectable = self.live and not info.finite
+        if "appsink" not in info.elements:
+            raise SourceError(f"{self.display_name}: a --gst pipeline must end in appsink (OpenCV reads the frames from it)")
+
+
+class CsiCameraSource(GStreamerSource):
+    """``csi://N``: a Jetson CSI camera through ``nvarguscamerasrc`` (see :func:`streamer.gst.csi_pipeline`)."""
+
+    kind = "CSI camera"
+
+    def __init__(self, sensor_id: int, options: SourceOptions) -> None:
+        from streamer import gst
+
+        pipeline = gst.csi_pipeline(sensor_id, options.width, options.height, options.fps)
+        super().__init__(pipeline, options, display_name=f"csi://{sensor_id}")
+
+
+class GStreamerVideoFileSource(_GStreamerOpen, VideoFileSource):
+    """A video file decoded by GStreamer (a Jetson's ``nvv4l2decoder``, or ``decodebin``). Lossless."""
+
+    def __init__(self, path: Path, options: SourceOptions, pipeline: str, decoder: str) -> None:
+        import cv2
+
+        VideoFileSource.__init__(self, path, options)
+        self.api = cv2.CAP_GSTREAMER
+        self.target = pipeline
+        self.pipeline = pipeline
+        self.decoder = decoder
+        """``nvv4l2decoder`` or ``decodebin``: which decoder the pipeline uses."""
+
+    def _read_properties(self, cap: object) -> None:
+        super()._read_properties(cap)
+        if self.total_hint is None:  # GStreamer often cannot say; the container can
+            self.total_hint = _ffmpeg_probe(self.path).frames
+
+
+@dataclass
+class _Probe:
+    codec: str | None = None
+    frames: int | None = None
+
+
+def _ffmpeg_probe(path: Path) -> _Probe:
+    """The codec and frame count FFmpeg reads from the container (nothing is decoded)."""
+    import cv2
+
+    from streamer import gst
+
+    try:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    except cv2.error:
+        return _Probe()
+    try:
+        if not cap.isOpened():
+            return _Probe()
+        tag = int(cap.get(cv2.CAP_PROP_FOURCC) or 0)
+        fourcc = bytes((tag >> (8 * i)) & 0xFF for i in range(4)).decode("latin-1")
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        frames = int(count) if math.isfinite(count) and 0 < count < 1e8 else None
+        return _Probe(gst.codec_of_fourcc(fourcc), frames)
+    finally:
+        cap.release()
+
+
+def _video_file_source(path: Path, options: SourceOptions) -> Source:
+    """FFmpeg, or GStreamer's hardware decoder on a Jetson (see ``SourceOptions.decoder``)."""
+    from streamer import gst
+
+    if options.decoder == "ffmpeg":
+        return VideoFileSource(path, options)
+    has_gst = opencv_has_gstreamer()
+    if options.decoder == "auto" and not has_gst:
+        return VideoFileSource(path, options)
+    if not has_gst:
+        raise SourceError("--decoder gstreamer needs an OpenCV built with GStreamer (the PyPI wheels are not; use the system OpenCV)")
+    hardware = all(gst.element_available(name) for name in gst.JETSON_DECODE_ELEMENTS)
+    if hardware:
+        probe = _ffmpeg_probe(path)
+        pipeline = gst.jetson_decode_pipeline(path, probe.codec) if probe.codec else None
+        if pipeline is not None and gst.element_available(gst.PARSERS[probe.codec or ""]):
+            log.info("%s: hardware decode: %s", path.name, pipeline)
+            return GStreamerVideoFileSource(path, options, pipeline, "nvv4l2decoder")
+        if options.decoder == "auto":
+            log.info("%s: not an H.264/H.265 MP4/MOV/MKV the hardware decoder takes; decoding with FFmpeg", path.name)
+            return VideoFileSource(path, options)
+    elif options.decoder == "auto":
+        return VideoFileSource(path, options)
+    pipeline = gst.software_decode_pipeline(path)
+    log.info("%s: GStreamer decode: %s", path.name, pipeline)
+    return GStreamerVideoFileSource(path, options, pipeline, "decodebin")
 
 
 def opencv_has_gstreamer() -> bool:
@@ -434,12 +619,20 @@ def open_source(text: str, options: SourceOptions | None = None) -> Source:
     if not text:
         raise SourceError("empty source")
     source: Source
-    if options.gst:
+    csi = re.fullmatch(r"csi://(\d+)", text, re.I)
+    if options.gst or csi:
         if not opencv_has_gstreamer():
+            what = "csi:// cameras need" if csi and not options.gst else "--gst needs"
             raise SourceError(
-                "--gst needs an OpenCV built with GStreamer (the PyPI wheels are not; use the system OpenCV, e.g. on a Jetson)"
+                f"{what} an OpenCV built with GStreamer (the PyPI wheels are not; use the system OpenCV, e.g. on a Jetson)"
             )
-        source = GStreamerSource(text, "gstreamer pipeline", options, api=cv2.CAP_GSTREAMER)
+        if options.gst:
+            source = GStreamerSource(text, options)
+        else:
+            assert csi is not None
+            source = CsiCameraSource(int(csi.group(1)), options)
+    elif text.lower().startswith(CSI_SCHEME):
+        raise SourceError(f"{text}: a CSI camera is csi://N with N the sensor id (csi://0)")
     elif re.fullmatch(r"\d+", text):
         source = CameraSource(int(text), f"camera {text}", options, api=cv2.CAP_V4L2 if os.name == "posix" else None)
     elif re.fullmatch(r"/dev/video\d+", text):
@@ -460,7 +653,7 @@ def open_source(text: str, options: SourceOptions | None = None) -> Source:
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 source = ImageListSource([path], path.name)
             else:
-                source = VideoFileSource(path, options)
+                source = _video_file_source(path, options)
         elif any(ch in text for ch in "*?["):
             matches = sorted(Path(p) for p in globlib.glob(os.path.expanduser(text)))
             images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -473,4 +666,9 @@ def open_source(text: str, options: SourceOptions | None = None) -> Source:
             raise SourceError(f"{text}: no such file or folder")
     if isinstance(source, ImageListSource) and options.realtime:
         raise ConfigError("--realtime replays video files; it does not apply to images")
+    input_format = options.width or options.height or options.fps
+    if input_format and not isinstance(source, (CameraSource, CsiCameraSource)):
+        raise ConfigError("--input-width/--input-height/--input-fps apply to cameras and csi://N only")
+    if options.lossless and not isinstance(source, GStreamerSource):
+        raise ConfigError("--lossless applies to GStreamer pipelines (--gst, csi://N); files and folders are lossless already")
     return source.open()

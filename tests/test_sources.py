@@ -343,8 +343,8 @@ def test_gstreamer_looking_text_without_gst_flag_gets_a_hint() -> None:
         open_source("videotestsrc num-buffers=10 ! videoconvert ! appsink")
 
 
+@pytest.mark.skipif(sources.opencv_has_gstreamer(), reason="this OpenCV has GStreamer (tests/test_gstreamer.py covers --gst)")
 def test_gst_flag_without_gstreamer_support() -> None:
-    assert not sources.opencv_has_gstreamer()  # the PyPI OpenCV wheel this suite runs on
     with pytest.raises(SourceError, match="GStreamer"):
         open_source("videotestsrc num-buffers=10 ! videoconvert ! appsink", SourceOptions(gst=True))
 
@@ -378,3 +378,28 @@ def test_empty_source_text(text: str) -> None:
 def test_invalid_timeouts_are_rejected(value: float) -> None:
     with pytest.raises(ConfigError):
         SourceOptions(open_timeout_s=value)
+
+
+def test_cameras_ask_the_device_for_the_input_size_and_rate(caplog: pytest.LogCaptureFixture) -> None:
+    """``--input-width/--input-height/--input-fps`` reach the capture as CAP_PROP_*; what the
+    device picks instead is said in one warning (a real camera cannot be attached here)."""
+
+    class Device:
+        def __init__(self) -> None:
+            self.props: dict[int, float] = {}
+
+        def set(self, prop: int, value: float) -> bool:
+            self.props[prop] = value if prop != cv2.CAP_PROP_FPS else 15.0  # this device tops out at 15 FPS
+            return True
+
+        def get(self, prop: int) -> float:
+            return self.props.get(prop, 0.0)
+
+    device = Device()
+    camera = CameraSource(0, "camera 0", SourceOptions(width=1280, height=720, fps=60.0))
+    assert camera.sets_input_format
+    with caplog.at_level("WARNING", logger="streamer.sources"):
+        camera._set_input_format(device)
+    assert device.props == {cv2.CAP_PROP_FRAME_WIDTH: 1280.0, cv2.CAP_PROP_FRAME_HEIGHT: 720.0, cv2.CAP_PROP_FPS: 15.0}
+    assert [r.getMessage() for r in caplog.records] == ["camera 0: asked for input fps 60, the device gives 15"]
+    assert not VideoFileSource.sets_input_format
