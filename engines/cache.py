@@ -1,30 +1,31 @@
-"""The engine cache: serialized engines on disk, keyed by everything that makes them valid.
+"""The store: every artifact streamer caches on disk, under one key scheme, lock, write and manifest.
 
-A TensorRT engine is only valid for the exact network, weights, precision,
-calibration data, shapes, TensorRT version, CUDA version, GPU and platform it
-was built for.  :class:`EngineKey` holds all of those; its SHA-256 over
-canonical JSON names the files::
+Three kinds of entry live under the cache folder (private, 0700)::
 
-    <model>-<precision>-sm<CC>-trt<version>-<key16>.engine   the payload
-    <model>-<precision>-sm<CC>-trt<version>-<key16>.json     its manifest
+    <stem>.engine | <stem>.trtmodule   a TensorRT engine or a torch2trt module  (EngineKey)
+    onnx/<stem>.onnx                   an ONNX export                          (OnnxKey)
+    ort-tensorrt/<stem>/               a folder onnxruntime's TensorRT provider fills (OrtFolderKey)
 
-(torch2trt stores its ``TRTModule`` state dict under the same scheme with the
-suffix ``.trtmodule``; an int8 build keeps its calibration table as ``.calib``.)
+Every key is a frozen dataclass whose canonical JSON (sorted keys, no
+whitespace) is hashed with SHA-256; the first 16 hex digits end the entry's
+file stem, after readable fields (model, precision, batch...).  A file entry
+has a manifest, ``<stem>.json``, written last: the key, the payload's SHA-256
+and size, its I/O tensors and what the builder reported.  :meth:`Store.get_or_build`
+checks all of it on every load - the key, the size, the SHA-256 of the
+payload's bytes, then the loader's own checks - and a payload that does not
+match is logged as one warning and rebuilt; the manifest is only ever written
+from the bytes a builder just produced, so it never blesses a damaged payload.
 
-The manifest is written last and repeats every key field, the payload's SHA-256
-and size, and the I/O tensors, so a load can check the entry before trusting
-it.  Anything that does not check out - a missing or unparseable manifest, a
-key that differs, a payload whose hash or size differs, a payload the runtime
-cannot deserialize, I/O tensors that are not the expected ones - is logged as a
-warning and rebuilt.
+Writes take a per-key file lock (``<stem>.lock``), write to a temporary file
+in the same folder, ``fsync`` it and ``os.replace`` it into place.  Two
+processes that want the same entry: one builds while the other waits on the
+lock and then loads.  ONNX Runtime keeps no lock on its folders and checks its
+own engines, so a folder entry has no manifest; the store only names it
+(:meth:`Store.folder_for`), lists it and clears it.
 
-The cache knows nothing about TensorRT: :meth:`EngineCache.get_or_build` is
-given a *builder* (makes the payload bytes) and a *loader* (turns bytes into a
-live object and reports its I/O tensors), so it is tested with a fake.
-
-Writes take a per-key file lock, write to a temporary file in the same folder,
-``fsync`` it and ``os.replace`` it into place.  Two processes that want the
-same engine: one builds while the other waits on the lock and then loads.
+The store knows nothing about TensorRT or ONNX: it is given a *builder* (makes
+the payload bytes) and a *loader* (turns a verified payload file into a live
+object and reports its I/O tensors), so it is tested with stand-ins.
 """
 
 from __future__ import annotations
@@ -35,39 +36,55 @@ import logging
 import os
 import platform
 import re
+import shutil
+import stat
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, Literal, Mapping, Sequence, TypeVar
 
 from engines.errors import CacheError, EngineError
-from engines.paths import cache_dir, fsync_dir
+from engines.paths import cache_dir, ensure_private_dir, fsync_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
-"""Bump when the key, the manifest or a payload format changes: old entries then miss."""
+CACHE_FORMAT_VERSION = 2
+"""Bump when a key, the manifest or a payload format changes: old entries then miss."""
 
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
-"""How long to wait for another process's build of the same engine (large int8 builds take minutes)."""
+"""How long to wait for another process's build of the same entry (large int8 builds take minutes)."""
+
+Kind = Literal["tensorrt engine", "torch2trt module", "onnx export", "ort-tensorrt folder"]
+KIND_ENGINE: Kind = "tensorrt engine"
+KIND_TRTMODULE: Kind = "torch2trt module"
+KIND_ONNX: Kind = "onnx export"
+KIND_ORT: Kind = "ort-tensorrt folder"
+KINDS: tuple[Kind, ...] = (KIND_ENGINE, KIND_TRTMODULE, KIND_ONNX, KIND_ORT)
 
 PAYLOAD_SUFFIXES: dict[str, str] = {"tensorrt": ".engine", "torch2trt": ".trtmodule"}
-"""Payload file suffix by producer."""
+"""Engine payload file suffix by producer."""
+ONNX_FOLDER = "onnx"
+ORT_FOLDER = "ort-tensorrt"
 MANIFEST_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 CALIB_SUFFIX = ".calib"
-_OUR_SUFFIXES = (*PAYLOAD_SUFFIXES.values(), MANIFEST_SUFFIX, LOCK_SUFFIX, CALIB_SUFFIX)
 
-_NAME_RE = re.compile(
-    r"^(?P<stem>(?P<model>[A-Za-z0-9_.]+)-(?P<precision>fp32|fp16|int8)-sm(?P<cc>[0-9]+)"
+_MODEL = r"(?P<model>[A-Za-z0-9_][A-Za-z0-9_.]*)"
+_ENGINE_RE = re.compile(
+    rf"^(?P<stem>{_MODEL}-(?P<precision>fp32|fp16|int8)-sm(?P<cc>[0-9]+)"
     r"-trt(?P<trt>[A-Za-z0-9_.+]+)-(?P<key>[0-9a-f]{16}))"
     r"(?P<suffix>\.engine|\.trtmodule|\.json|\.lock|\.calib)$"
 )
+_ONNX_RE = re.compile(
+    rf"^(?P<stem>{_MODEL}-(?P<batch>dyn|b[0-9]+)-opset(?P<opset>[0-9]+)-(?P<key>[0-9a-f]{{16}}))"
+    r"(?P<suffix>\.onnx|\.json|\.lock)$"
+)
+_ORT_RE = re.compile(rf"^{_MODEL}-(?P<precision>fp32|fp16|int8)-(?P<batch>(dyn|b)[0-9]+)-(?P<key>[0-9a-f]{{16}})$")
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
-
-CALIBRATION_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_MODEL_NAME_RE = re.compile(_MODEL + "$")
 
 JSONValue = Any
 T = TypeVar("T")
@@ -75,7 +92,7 @@ T = TypeVar("T")
 
 # -- small helpers -------------------------------------------------------------
 def canonical_json(value: JSONValue) -> str:
-    """JSON with sorted keys and no whitespace: the bytes the key hash is taken over."""
+    """JSON with sorted keys and no whitespace: the bytes a key hash is taken over."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
@@ -84,6 +101,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -96,45 +114,19 @@ def host_platform() -> tuple[str, str]:
     return platform.system().lower() or "unknown", platform.machine().lower() or "unknown"
 
 
-def calibration_images(folder: Path) -> list[Path]:
-    """The images an int8 calibration reads from ``folder`` (recursive, sorted by relative path)."""
-    folder = folder.expanduser()
-    if not folder.is_dir():
-        raise EngineError(f"calibration folder {folder} does not exist or is not a folder")
-    images = [
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CALIBRATION_IMAGE_SUFFIXES
-    ]
-    images.sort(key=lambda p: p.relative_to(folder).as_posix())
-    if not images:
-        raise EngineError(
-            f"calibration folder {folder} holds no images ({', '.join(CALIBRATION_IMAGE_SUFFIXES)})"
-        )
-    return images
-
-
-def calibration_set_sha256(folder: Path | None) -> str | None:
-    """SHA-256 over the sorted relative names and bytes of the calibration images (None: no folder)."""
-    if folder is None:
-        return None
-    folder = folder.expanduser()
-    digest = hashlib.sha256()
-    for path in calibration_images(folder):
-        name = path.relative_to(folder).as_posix().encode("utf-8")
-        data = path.read_bytes()
-        digest.update(len(name).to_bytes(8, "big") + name)
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
-
-
-def _safe_token(text: str) -> str:
+def safe_token(text: str) -> str:
     """File-name-safe form of a model name or version (no '-', which separates fields)."""
     return re.sub(r"[^A-Za-z0-9_.+]", "_", text) or "_"
 
 
-# -- key -------------------------------------------------------------------------
+def _batch_tag(batch: int, dynamic: bool) -> str:
+    return f"dyn{batch}" if dynamic else f"b{batch}"
+
+
+# -- keys ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorSpec:
-    """One engine I/O tensor: name, shape (-1 for a dynamic dimension) and dtype name."""
+    """One I/O tensor: name, shape (-1 for a dynamic dimension) and dtype name."""
 
     name: str
     shape: tuple[int, ...]
@@ -165,9 +157,46 @@ class ShapeProfile:
         return {"input": self.input, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
+class StoreKey(ABC):
+    """What names one entry: canonical JSON (hashed), a readable file stem, the folder and suffix."""
+
+    folder: ClassVar[str] = ""
+    """Sub-folder of the cache the entry lives in (``""``: the cache folder itself)."""
+    model: str
+    precision: str
+
+    @property
+    @abstractmethod
+    def kind(self) -> Kind: ...
+
+    @property
+    @abstractmethod
+    def suffix(self) -> str:
+        """The payload's file suffix (``""`` for a folder entry)."""
+
+    @abstractmethod
+    def _fields(self) -> dict[str, JSONValue]: ...
+
+    @abstractmethod
+    def _readable_stem(self) -> str:
+        """The stem before the key hash: model and the fields a person tells entries apart by."""
+
+    def to_json(self) -> dict[str, JSONValue]:
+        """The key fields as plain JSON values (what the manifest stores and the hash covers)."""
+        return json.loads(canonical_json({"format_version": CACHE_FORMAT_VERSION, **self._fields()}))
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(canonical_json(self.to_json()).encode("ascii"))
+
+    @property
+    def stem(self) -> str:
+        return f"{self._readable_stem()}-{self.digest[:16]}"
+
+
 @dataclass(frozen=True)
-class EngineKey:
-    """Everything an engine depends on.  Two equal keys may share one engine file."""
+class EngineKey(StoreKey):
+    """Everything a TensorRT engine (or torch2trt module) depends on.  Two equal keys may share one file."""
 
     producer: str
     """``tensorrt`` or ``torch2trt``: who builds the payload (and its file suffix)."""
@@ -191,7 +220,6 @@ class EngineKey:
     arch: str
     extra: tuple[tuple[str, str], ...] = ()
     """Producer-specific build settings that change the payload, as sorted (name, value) pairs."""
-    format_version: int = CACHE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.producer not in PAYLOAD_SUFFIXES:
@@ -199,10 +227,16 @@ class EngineKey:
         if not re.fullmatch(r"[0-9]+\.[0-9]+", self.compute_capability):
             raise CacheError(f"compute capability must look like '8.6', got {self.compute_capability!r}")
 
-    def to_json(self) -> dict[str, JSONValue]:
-        """The key fields as plain JSON values (what the manifest stores and the hash covers)."""
-        value: dict[str, JSONValue] = {
-            "format_version": self.format_version,
+    @property
+    def kind(self) -> Kind:
+        return KIND_TRTMODULE if self.producer == "torch2trt" else KIND_ENGINE
+
+    @property
+    def suffix(self) -> str:
+        return PAYLOAD_SUFFIXES[self.producer]
+
+    def _fields(self) -> dict[str, JSONValue]:
+        return {
             "producer": self.producer,
             "model": self.model,
             "precision": self.precision,
@@ -220,22 +254,91 @@ class EngineKey:
             "arch": self.arch,
             "extra": {k: v for k, v in self.extra},
         }
-        return json.loads(canonical_json(value))  # normalise (tuples -> lists) for comparisons
 
-    @property
-    def digest(self) -> str:
-        return sha256_bytes(canonical_json(self.to_json()).encode("ascii"))
-
-    @property
-    def stem(self) -> str:
+    def _readable_stem(self) -> str:
         cc = self.compute_capability.replace(".", "")
-        return (
-            f"{_safe_token(self.model)}-{self.precision}-sm{cc}-trt{_safe_token(self.trt_version)}-{self.digest[:16]}"
-        )
+        return f"{safe_token(self.model)}-{self.precision}-sm{cc}-trt{safe_token(self.trt_version)}"
+
+
+@dataclass(frozen=True)
+class OnnxKey(StoreKey):
+    """Everything an ONNX export depends on.  A dynamic-batch graph does not depend on the largest batch."""
+
+    folder: ClassVar[str] = ONNX_FOLDER
+    model: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    weights: str
+    """``sha256:<hex>`` of the weights file, or ``random-seed<N>``."""
+    batch: int | None
+    """The fixed batch of the graph; None for a dynamic batch axis."""
+    opset: int
+    exporter: str
+    libraries: tuple[tuple[str, str], ...]
+    """(package, version) of the exporting libraries: torch, torchvision."""
+    precision: str = "fp32"
 
     @property
-    def payload_suffix(self) -> str:
-        return PAYLOAD_SUFFIXES[self.producer]
+    def kind(self) -> Kind:
+        return KIND_ONNX
+
+    @property
+    def suffix(self) -> str:
+        return ".onnx"
+
+    def _fields(self) -> dict[str, JSONValue]:
+        return {
+            "kind": "onnx",
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "weights": self.weights,
+            "batch": "dynamic" if self.batch is None else self.batch,
+            "opset": self.opset,
+            "exporter": self.exporter,
+            "precision": self.precision,
+            "libraries": {k: v for k, v in self.libraries},
+        }
+
+    def _readable_stem(self) -> str:
+        batch = "dyn" if self.batch is None else f"b{self.batch}"
+        return f"{safe_token(self.model)}-{batch}-opset{self.opset}"
+
+
+@dataclass(frozen=True)
+class OrtFolderKey(StoreKey):
+    """One folder of onnxruntime's TensorRT provider: it names engines after the graph, not the weights
+    or the build settings, so one folder per ONNX file, precision, batch range and workspace."""
+
+    folder: ClassVar[str] = ORT_FOLDER
+    model: str
+    onnx_sha256: str
+    precision: str
+    batch: int
+    dynamic: bool
+    workspace_mb: int | None = None
+
+    @property
+    def kind(self) -> Kind:
+        return KIND_ORT
+
+    @property
+    def suffix(self) -> str:
+        return ""
+
+    def _fields(self) -> dict[str, JSONValue]:
+        return {
+            "kind": "ort-tensorrt",
+            "model": self.model,
+            "onnx_sha256": self.onnx_sha256,
+            "precision": self.precision,
+            "batch": self.batch,
+            "dynamic": self.dynamic,
+            "workspace_mb": self.workspace_mb,
+        }
+
+    def _readable_stem(self) -> str:
+        return f"{safe_token(self.model)}-{self.precision}-{_batch_tag(self.batch, self.dynamic)}"
 
 
 # -- entries ---------------------------------------------------------------------
@@ -249,11 +352,13 @@ class EntryPaths:
 
 @dataclass(frozen=True)
 class Built:
-    """What a builder returns: the serialized payload and the I/O tensors it has."""
+    """What a builder returns: the payload bytes, the I/O tensors it has, and facts for the manifest."""
 
     data: bytes
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    info: Mapping[str, JSONValue] = field(default_factory=dict)
+    """Builder facts kept in the manifest's ``info`` (the ONNX exporter that was used, ...)."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +371,7 @@ class Loaded(Generic[T]):
 
 
 class InvalidEntry(Exception):
-    """Raised by a loader (or the cache) when an entry must not be used; the message says why."""
+    """Raised by a loader (or the store) when an entry must not be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -281,60 +386,96 @@ class CacheResult(Generic[T]):
     seconds: float
     """Wall time of the whole get_or_build call, lock wait included."""
 
+    @property
+    def sha256(self) -> str:
+        return str(self.manifest["sha256"])
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.manifest["size"])
+
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """One cached engine as :meth:`EngineCache.list_entries` sees it."""
+    """One entry as :meth:`Store.entries` sees it."""
 
+    kind: Kind
     stem: str
     model: str
-    precision: str
-    producer: str | None
+    precision: str | None
+    path: Path
+    """The payload file, the folder (ort-tensorrt), or the manifest when the payload is missing."""
     payload: Path | None
     manifest: Path | None
     size_bytes: int
-    """Bytes on disk of all files of the entry (payload, manifest, calibration table)."""
+    """Bytes on disk of all files of the entry (payload, manifest, calibration table; a folder's files)."""
     created: datetime | None
+    note: str = ""
+    """What tells entries of one model apart (batch, opset, exporter; a folder's file count)."""
     problem: str | None = None
     """Why the entry is not loadable as listed (missing manifest, ...), or None."""
+    producer: str | None = None
     files: tuple[Path, ...] = field(default=())
 
 
-# -- the cache -------------------------------------------------------------------
-class EngineCache:
-    """A folder of engines (private, 0700) with locked, atomic writes and checked loads."""
+@dataclass(frozen=True)
+class Cleared:
+    """What :meth:`Store.clear` did."""
+
+    removed: list[Path]
+    """Files deleted (payloads, manifests, calibration tables, locks, temporary files)."""
+    removed_folders: list[Path]
+    """ort-tensorrt folders deleted, with everything in them."""
+    kept: list[Path]
+    """Payloads left in place because another process holds their lock (a build in progress)."""
+    freed_bytes: int
+
+
+# -- the store -------------------------------------------------------------------
+class Store:
+    """The cache folder: locked, atomic writes; loads checked against their manifests."""
 
     def __init__(self, folder: Path | None = None, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.folder = cache_dir(folder)
         self.lock_timeout_s = lock_timeout_s
 
-    def paths(self, key: EngineKey) -> EntryPaths:
-        stem = self.folder / key.stem
+    def paths(self, key: StoreKey) -> EntryPaths:
+        stem = self.folder / key.folder / key.stem if key.folder else self.folder / key.stem
         return EntryPaths(
-            payload=stem.with_name(stem.name + key.payload_suffix),
+            payload=stem.with_name(stem.name + key.suffix),
             manifest=stem.with_name(stem.name + MANIFEST_SUFFIX),
             lock=stem.with_name(stem.name + LOCK_SUFFIX),
             calib=stem.with_name(stem.name + CALIB_SUFFIX),
         )
 
+    def folder_for(self, key: OrtFolderKey) -> Path:
+        """The folder entry of ``key``, created private if needed."""
+        ensure_private_dir(self.folder / key.folder)
+        return ensure_private_dir(self.folder / key.folder / key.stem)
+
     # -- get or build --------------------------------------------------------------
     def get_or_build(
         self,
-        key: EngineKey,
+        key: StoreKey,
         build: Callable[[], Built],
-        load: Callable[[bytes], Loaded[T]],
+        load: Callable[[Path], Loaded[T]],
         expected_inputs: Sequence[TensorSpec],
         expected_outputs: Sequence[TensorSpec],
     ) -> CacheResult[T]:
-        """Load the engine for ``key`` if a valid one is cached, else build, store and load it.
+        """Load the entry for ``key`` if a valid one is stored, else build, store and load it.
 
-        ``load`` turns payload bytes into a live object; it raises :class:`InvalidEntry`
-        (or returns I/O tensors that differ from the expected ones) for a payload that
-        must not be used.  Runs under the key's file lock.
+        ``load`` turns a payload file whose size and SHA-256 match the manifest into
+        a live object; it raises :class:`InvalidEntry` (or returns I/O tensors that
+        differ from the expected ones) for a payload that must not be used.  Runs
+        under the key's file lock.
         """
+        if not key.suffix:
+            raise CacheError(f"{key.kind} entries are folders: use Store.folder_for")
         start = time.perf_counter()
+        if key.folder:
+            ensure_private_dir(self.folder / key.folder)
         paths = self.paths(key)
-        with self._locked(paths):
+        with _KeyLock(paths.lock, self.lock_timeout_s, key.kind):
             loaded = self._try_load(key, paths, load, expected_inputs, expected_outputs)
             if loaded is not None:
                 value, manifest = loaded
@@ -344,52 +485,37 @@ class EngineCache:
             built = build()
             build_seconds = time.perf_counter() - build_start
             if not built.data:
-                raise EngineError(f"the builder returned an empty engine for {paths.payload.name}")
-            try:
-                fresh = load(built.data)
-                _check_io("freshly built engine", fresh.inputs, fresh.outputs, expected_inputs, expected_outputs)
-            except InvalidEntry as exc:
-                raise EngineError(f"the engine just built for {key.model} is not usable: {exc}") from exc
-            manifest = self._manifest(key, paths, built, build_seconds)
+                raise EngineError(f"the builder returned an empty payload for {paths.payload.name}")
+            paths.manifest.unlink(missing_ok=True)  # the old manifest must not describe the new payload
             atomic_write(paths.payload, built.data)
+            try:
+                fresh = load(paths.payload)
+                _check_io(f"freshly built {key.kind}", fresh.inputs, fresh.outputs, expected_inputs, expected_outputs)
+            except InvalidEntry as exc:
+                paths.payload.unlink(missing_ok=True)
+                raise EngineError(f"the {key.kind} just built for {key.model} is not usable: {exc}") from exc
+            manifest = _manifest(key, paths, built, build_seconds)
             atomic_write(paths.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
             log.info("stored %s (%d bytes) in %.1f s", paths.payload.name, len(built.data), build_seconds)
             return CacheResult(fresh.value, paths, manifest, True, build_seconds, time.perf_counter() - start)
 
-    def lookup(self, key: EngineKey) -> dict[str, JSONValue] | None:
-        """The manifest of ``key``'s entry if its files check out (no deserialization), else None."""
-        paths = self.paths(key)
-        try:
-            manifest = self._read_manifest(paths)
-            if manifest is None:
-                return None
-            self._check_manifest(key, manifest)
-            self._read_payload(paths, manifest)
-        except InvalidEntry:
-            return None
-        return manifest
-
-    # -- internals -----------------------------------------------------------------
-    def _locked(self, paths: EntryPaths) -> "_KeyLock":
-        return _KeyLock(paths.lock, self.lock_timeout_s)
-
     def _try_load(
         self,
-        key: EngineKey,
+        key: StoreKey,
         paths: EntryPaths,
-        load: Callable[[bytes], Loaded[T]],
+        load: Callable[[Path], Loaded[T]],
         expected_inputs: Sequence[TensorSpec],
         expected_outputs: Sequence[TensorSpec],
     ) -> tuple[T, dict[str, JSONValue]] | None:
         if not paths.payload.exists() and not paths.manifest.exists():
-            log.info("engine cache miss: %s", paths.payload.name)
+            log.info("cache miss: %s", paths.payload.name)
             return None
         try:
-            manifest = self._read_manifest(paths)
+            manifest = _read_manifest(paths.manifest)
             if manifest is None:
                 raise InvalidEntry("its manifest is missing")
-            self._check_manifest(key, manifest)
-            data = self._read_payload(paths, manifest)
+            _check_manifest(key, manifest)
+            _check_payload(paths.payload, manifest)
             _check_io(
                 "manifest",
                 tuple(TensorSpec.from_json(t) for t in manifest["inputs"]),
@@ -397,190 +523,260 @@ class EngineCache:
                 expected_inputs,
                 expected_outputs,
             )
-            loaded = load(data)
-            _check_io("engine", loaded.inputs, loaded.outputs, expected_inputs, expected_outputs)
+            loaded = load(paths.payload)
+            _check_io(key.kind.split()[-1], loaded.inputs, loaded.outputs, expected_inputs, expected_outputs)
         except InvalidEntry as exc:
-            log.warning("engine cache: ignoring %s and rebuilding: %s", paths.payload.name, exc)
+            log.warning("cache: ignoring %s and rebuilding: %s", _shown(self.folder, paths.payload), exc)
             return None
         except (KeyError, TypeError, ValueError) as exc:
             log.warning(
-                "engine cache: ignoring %s and rebuilding: malformed manifest (%s: %s)",
-                paths.payload.name,
+                "cache: ignoring %s and rebuilding: malformed manifest (%s: %s)",
+                _shown(self.folder, paths.payload),
                 type(exc).__name__,
                 exc,
             )
             return None
-        log.info("engine cache hit: %s", paths.payload.name)
+        log.info("cache hit: %s", paths.payload.name)
         return loaded.value, manifest
 
-    @staticmethod
-    def _read_manifest(paths: EntryPaths) -> dict[str, JSONValue] | None:
-        try:
-            text = paths.manifest.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise InvalidEntry(f"its manifest cannot be read ({exc.strerror or exc})") from exc
-        try:
-            manifest = json.loads(text)
-        except ValueError as exc:
-            raise InvalidEntry(f"its manifest is not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise InvalidEntry("its manifest is not a JSON object")
-        return manifest
-
-    @staticmethod
-    def _check_manifest(key: EngineKey, manifest: Mapping[str, JSONValue]) -> None:
-        if manifest.get("format_version") != CACHE_FORMAT_VERSION:
-            raise InvalidEntry(
-                f"cache format {manifest.get('format_version')!r} is not the current {CACHE_FORMAT_VERSION}"
-            )
-        stored = manifest.get("key")
-        expected = key.to_json()
-        if stored != expected:
-            if not isinstance(stored, dict):
-                raise InvalidEntry("its manifest has no key")
-            differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
-            raise InvalidEntry(f"its manifest's key differs in {', '.join(differ)}")
-        if manifest.get("key_sha256") != key.digest:
-            raise InvalidEntry("its manifest's key hash differs")
-
-    @staticmethod
-    def _read_payload(paths: EntryPaths, manifest: Mapping[str, JSONValue]) -> bytes:
-        try:
-            data = paths.payload.read_bytes()
-        except FileNotFoundError:
-            raise InvalidEntry("its engine file is missing") from None
-        except OSError as exc:
-            raise InvalidEntry(f"its engine file cannot be read ({exc.strerror or exc})") from exc
-        if len(data) != manifest.get("engine_size"):
-            raise InvalidEntry(
-                f"its engine file has {len(data)} bytes, the manifest says {manifest.get('engine_size')!r} (truncated?)"
-            )
-        if sha256_bytes(data) != manifest.get("engine_sha256"):
-            raise InvalidEntry("its engine file's SHA-256 differs from the manifest's (corrupt or replaced)")
-        return data
-
-    @staticmethod
-    def _manifest(key: EngineKey, paths: EntryPaths, built: Built, build_seconds: float) -> dict[str, JSONValue]:
-        now = datetime.now(timezone.utc)
-        return {
-            "format_version": CACHE_FORMAT_VERSION,
-            "file": paths.payload.name,
-            "producer": key.producer,
-            "model": key.model,
-            "precision": key.precision,
-            "key": key.to_json(),
-            "key_sha256": key.digest,
-            "created": now.isoformat(timespec="seconds"),
-            "engine_sha256": sha256_bytes(built.data),
-            "engine_size": len(built.data),
-            "inputs": [t.to_json() for t in built.inputs],
-            "outputs": [t.to_json() for t in built.outputs],
-            "build_seconds": round(build_seconds, 3),
-        }
-
     # -- listing and clearing ------------------------------------------------------
-    def list_entries(self) -> list[CacheEntry]:
-        """Every entry in the folder (ours by file name), with its size and creation time."""
-        groups: dict[str, list[Path]] = {}
-        for path in self._our_files():
-            match = _NAME_RE.match(path.name)
-            if match is not None:
-                groups.setdefault(match["stem"], []).append(path)
-        entries = []
-        for stem, files in sorted(groups.items()):
-            match = _NAME_RE.match(files[0].name)
-            assert match is not None
-            by_suffix = {p.suffix: p for p in files}
-            payload = by_suffix.get(".engine") or by_suffix.get(".trtmodule")
-            manifest_path = by_suffix.get(MANIFEST_SUFFIX)
-            producer: str | None = None
-            created: datetime | None = None
-            problem: str | None = None
-            if manifest_path is not None:
-                try:
-                    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-                    producer = str(manifest.get("producer")) if manifest.get("producer") else None
-                    created = datetime.fromisoformat(str(manifest["created"]))
-                except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    problem = f"unreadable manifest ({type(exc).__name__})"
-            if payload is None:
-                if manifest_path is None:
-                    continue  # only a lock or a calibration table
-                problem = problem or "engine file missing"
-            elif manifest_path is None:
-                problem = "manifest missing"
-            if created is None and payload is not None:
-                created = datetime.fromtimestamp(payload.stat().st_mtime, timezone.utc)
-            kept = tuple(sorted(p for p in files if p.suffix != LOCK_SUFFIX))
-            entries.append(
-                CacheEntry(
-                    stem=stem,
-                    model=match["model"],
-                    precision=match["precision"],
-                    producer=producer,
-                    payload=payload,
-                    manifest=manifest_path,
-                    size_bytes=sum(_size(p) for p in kept),
-                    created=created,
-                    problem=problem,
-                    files=kept,
-                )
-            )
-        return entries
+    def entries(self) -> list[CacheEntry]:
+        """Every entry of every kind, ours by name: engines and modules, ONNX exports, ort-tensorrt folders."""
+        out = [self._file_entry(stem, files) for stem, files in _groups(self.folder, _ENGINE_RE)]
+        out += [self._file_entry(stem, files) for stem, files in _groups(self.folder / ONNX_FOLDER, _ONNX_RE)]
+        out += [self._folder_entry(folder) for folder in self._ort_folders()]
+        return [e for e in out if e is not None]
 
     def total_size(self) -> int:
-        """Bytes on disk of every file of ours in the folder."""
-        return sum(_size(p) for p in self._our_files())
+        """Bytes on disk of every entry."""
+        return sum(e.size_bytes for e in self.entries())
 
-    def clear(self, model: str | None = None) -> list[Path]:
-        """Delete our files (engines, manifests, calibration tables, idle locks, stale temp files).
+    def clear(self, model: str | None = None) -> Cleared:
+        """Delete entries (all, or ``model``'s): payloads, manifests, calibration tables, idle locks,
+        temporary files, ort-tensorrt folders.
 
-        Files in the folder that do not follow our naming are left alone.  A lock
-        that another process holds (a build in progress) is left in place.
+        Only names the store gives are touched, inside the cache folder: other files
+        are left alone.  An entry whose lock another process holds (a build in
+        progress) is left whole.  ``model`` is compared with the model field of
+        those names, never joined to a path.
         """
-        wanted = None if model is None else _safe_token(model)
+        if model is not None and not _MODEL_NAME_RE.match(model):
+            raise CacheError(f"not a model name: {model!r}")
+        wanted = None if model is None else safe_token(model)
         removed: list[Path] = []
-        for path in sorted(self._our_files()):
-            match = _NAME_RE.match(path.name) or _NAME_RE.match(_tmp_target(path.name) or "")
-            if match is None or (wanted is not None and match["model"] != wanted):
+        removed_folders: list[Path] = []
+        kept: list[Path] = []
+        freed = 0
+        for folder, pattern in ((self.folder, _ENGINE_RE), (self.folder / ONNX_FOLDER, _ONNX_RE)):
+            for stem, files in _groups(folder, pattern, with_tmp=True):
+                match = pattern.match(files[0].name) or pattern.match(_tmp_target(files[0].name) or "")
+                assert match is not None
+                if wanted is not None and match["model"] != wanted:
+                    continue
+                done, size = _remove_entry(folder / stem, files)
+                if done is None:
+                    log.warning("cache: %s is held by a running build; left in place", stem)
+                    kept.extend(p for p in files if not p.name.endswith((LOCK_SUFFIX, ".tmp", MANIFEST_SUFFIX)))
+                    continue
+                removed.extend(done)
+                freed += size
+        for folder in self._ort_folders():
+            match = _ORT_RE.match(folder.name)
+            assert match is not None
+            if wanted is not None and match["model"] != wanted:
                 continue
-            if path.name.endswith(LOCK_SUFFIX):
-                if not _remove_idle_lock(path):
-                    log.warning("engine cache: %s is held by a running build; left in place", path.name)
-                    continue
-            else:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise CacheError(f"cannot remove {path}: {exc.strerror or exc}") from exc
-            removed.append(path)
-        return removed
+            size = _tree_size(folder)[0]
+            try:
+                shutil.rmtree(folder)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise CacheError(f"cannot remove {folder}: {exc.strerror or exc}") from exc
+            removed_folders.append(folder)
+            freed += size
+        return Cleared(removed, removed_folders, kept, freed)
 
-    def _our_files(self) -> Iterable[Path]:
+    def _ort_folders(self) -> list[Path]:
+        root = self.folder / ORT_FOLDER
+        if not root.is_dir() or root.is_symlink():
+            return []
+        ensure_private_dir(root)
+        return sorted(p for p in _children(root) if _ORT_RE.match(p.name) and p.is_dir() and not p.is_symlink())
+
+    def _file_entry(self, stem: str, files: list[Path]) -> CacheEntry | None:
+        by_suffix = {p.suffix: p for p in files}
+        payload = by_suffix.get(".engine") or by_suffix.get(".trtmodule") or by_suffix.get(".onnx")
+        manifest_path = by_suffix.get(MANIFEST_SUFFIX)
+        if payload is None and manifest_path is None:
+            return None  # only a lock or a calibration table
+        manifest: dict[str, JSONValue] = {}
+        problem: str | None = None
+        if manifest_path is not None:
+            try:
+                manifest = _read_manifest(manifest_path) or {}
+            except InvalidEntry as exc:
+                problem = f"unreadable manifest ({exc})"
+        if payload is None:
+            problem = problem or "payload missing"
+        elif manifest_path is None:
+            problem = "manifest missing"
+        created: datetime | None = None
         try:
-            children = list(self.folder.iterdir())
-        except OSError as exc:
-            raise CacheError(f"cannot list the cache folder {self.folder}: {exc.strerror or exc}") from exc
-        for path in children:
-            if not path.is_file():
-                continue
-            if _NAME_RE.match(path.name) or _NAME_RE.match(_tmp_target(path.name) or ""):
-                yield path
+            created = datetime.fromisoformat(str(manifest["created"]))
+        except (KeyError, ValueError):
+            created = _mtime(payload) if payload is not None else None
+        kept = tuple(sorted(p for p in files if p.suffix != LOCK_SUFFIX))
+        path = payload or manifest_path
+        assert path is not None
+        onnx = path.parent.name == ONNX_FOLDER and _ONNX_RE.match(path.name) is not None
+        producer = manifest.get("key", {}).get("producer") if isinstance(manifest.get("key"), dict) else None
+        if onnx:
+            kind: Kind = KIND_ONNX
+            match = _ONNX_RE.match(path.name)
+            assert match is not None
+            precision: str | None = "fp32"
+            batch = match["batch"]
+            parts = ["dynamic batch" if batch == "dyn" else f"batch {batch[1:]}", f"opset {match['opset']}"]
+            info = manifest.get("info")
+            if isinstance(info, dict) and info.get("exporter"):
+                parts.append(str(info["exporter"]))
+            note = ", ".join(parts)
+        else:
+            match = _ENGINE_RE.match(path.name)
+            assert match is not None
+            kind = KIND_TRTMODULE if path.suffix == ".trtmodule" or producer == "torch2trt" else KIND_ENGINE
+            precision, note = match["precision"], ""
+        return CacheEntry(
+            kind=kind,
+            stem=stem,
+            model=match["model"],
+            precision=precision,
+            path=path,
+            payload=payload,
+            manifest=manifest_path,
+            size_bytes=sum(_size(p) for p in kept),
+            created=created,
+            note=problem or note,
+            problem=problem,
+            producer=str(producer) if producer else None,
+            files=kept,
+        )
+
+    @staticmethod
+    def _folder_entry(folder: Path) -> CacheEntry:
+        match = _ORT_RE.match(folder.name)
+        assert match is not None
+        size, files = _tree_size(folder)
+        batch = match["batch"]
+        note = (f"{files} file(s)" if files else "empty") + ", "
+        note += f"batch 1..{batch[3:]}" if batch.startswith("dyn") else f"batch {batch[1:]}"
+        return CacheEntry(
+            kind=KIND_ORT,
+            stem=folder.name,
+            model=match["model"],
+            precision=match["precision"],
+            path=folder,
+            payload=None,
+            manifest=None,
+            size_bytes=size,
+            created=_mtime(folder),
+            note=note,
+        )
+
+
+# -- manifests -------------------------------------------------------------------
+def _manifest(key: StoreKey, paths: EntryPaths, built: Built, build_seconds: float) -> dict[str, JSONValue]:
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "kind": key.kind,
+        "file": paths.payload.name,
+        "model": key.model,
+        "precision": key.precision,
+        "key": key.to_json(),
+        "key_sha256": key.digest,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sha256": sha256_bytes(built.data),
+        "size": len(built.data),
+        "inputs": [t.to_json() for t in built.inputs],
+        "outputs": [t.to_json() for t in built.outputs],
+        "build_seconds": round(build_seconds, 3),
+        "info": dict(built.info),
+    }
+
+
+def read_manifest(path: Path) -> dict[str, JSONValue] | None:
+    """A manifest as a dict; None when the file is missing; :class:`InvalidEntry` when it is unreadable."""
+    return _read_manifest(path)
+
+
+def _read_manifest(path: Path) -> dict[str, JSONValue] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidEntry(f"its manifest cannot be read ({getattr(exc, 'strerror', None) or exc})") from exc
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise InvalidEntry(f"its manifest is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise InvalidEntry("its manifest is not a JSON object")
+    return manifest
+
+
+def _check_manifest(key: StoreKey, manifest: Mapping[str, JSONValue]) -> None:
+    if manifest.get("format_version") != CACHE_FORMAT_VERSION:
+        raise InvalidEntry(f"cache format {manifest.get('format_version')!r} is not the current {CACHE_FORMAT_VERSION}")
+    stored = manifest.get("key")
+    expected = key.to_json()
+    if stored != expected:
+        if not isinstance(stored, dict):
+            raise InvalidEntry("its manifest has no key")
+        differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+        raise InvalidEntry(f"its manifest's key differs in {', '.join(differ)}")
+    if manifest.get("key_sha256") != key.digest:
+        raise InvalidEntry("its manifest's key hash differs")
+
+
+def _check_payload(path: Path, manifest: Mapping[str, JSONValue]) -> None:
+    """The payload's size and SHA-256 against the manifest's (streamed: exports reach hundreds of MB)."""
+    try:
+        size = path.stat().st_size
+        if size != manifest.get("size"):
+            raise InvalidEntry(f"its payload has {size} bytes, the manifest says {manifest.get('size')!r} (truncated?)")
+        digest = sha256_file(path)
+    except FileNotFoundError:
+        raise InvalidEntry("its payload file is missing") from None
+    except OSError as exc:
+        raise InvalidEntry(f"its payload cannot be read ({exc.strerror or exc})") from exc
+    if digest != manifest.get("sha256"):
+        raise InvalidEntry("its payload's SHA-256 differs from the manifest's (corrupt or replaced)")
+
+
+def _check_io(
+    what: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    expected_inputs: Sequence[TensorSpec],
+    expected_outputs: Sequence[TensorSpec],
+) -> None:
+    if tuple(inputs) != tuple(expected_inputs) or tuple(outputs) != tuple(expected_outputs):
+        have = ", ".join(map(str, (*inputs, *outputs)))
+        want = ", ".join(map(str, (*expected_inputs, *expected_outputs)))
+        raise InvalidEntry(f"{what} I/O tensors are [{have}], expected [{want}]")
 
 
 # -- locking and atomic writes ---------------------------------------------------
 class _KeyLock:
     """A per-key inter-process lock (filelock) whose timeout raises :class:`CacheError`."""
 
-    def __init__(self, path: Path, timeout_s: float) -> None:
+    def __init__(self, path: Path, timeout_s: float, what: str) -> None:
         import filelock
 
         self.path = path
         self.timeout_s = timeout_s
+        self.what = what
         self._lock = filelock.FileLock(str(path), timeout=timeout_s, mode=0o600)
 
     def __enter__(self) -> "_KeyLock":
@@ -589,10 +785,11 @@ class _KeyLock:
         try:
             self._lock.acquire()
         except filelock.Timeout as exc:
+            verb = "exporting this model" if self.what == KIND_ONNX else "building this engine"
             raise CacheError(
-                f"timed out after {self.timeout_s:.0f} s waiting for the engine cache lock {self.path}: "
-                "another process is building this engine. Wait for it to finish and retry; if no build "
-                "is running, delete the lock file"
+                f"timed out after {self.timeout_s:.0f} s waiting for the cache lock {self.path}: "
+                f"another process is {verb}. Wait for it to finish and retry; if none is running, "
+                "delete the lock file"
             ) from exc
         except OSError as exc:
             raise CacheError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
@@ -602,25 +799,46 @@ class _KeyLock:
         self._lock.release()
 
 
-def _remove_idle_lock(path: Path) -> bool:
-    """Delete a lock file nobody holds; False if a process holds it."""
+def _remove_entry(stem: Path, files: list[Path]) -> tuple[list[Path] | None, int]:
+    """Delete one entry's files under its lock: (removed, bytes), or (None, 0) when another process holds it."""
     import filelock
 
-    lock = filelock.FileLock(str(path), timeout=0)
+    lock_path = stem.with_name(stem.name + LOCK_SUFFIX)
+    lock = filelock.FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        return False
+        return None, 0
+    except OSError as exc:
+        raise CacheError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+    removed: list[Path] = []
+    size = 0
     try:
-        path.unlink(missing_ok=True)
+        for path in sorted(files):
+            if path == lock_path:
+                continue
+            size += _size(path)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise CacheError(f"cannot remove {path}: {exc.strerror or exc}") from exc
+            removed.append(path)
+        lock_path.unlink(missing_ok=True)
     finally:
         lock.release()
-    return True
+    if lock_path in files:
+        removed.append(lock_path)
+    return removed, size
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -639,6 +857,33 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+# -- files -----------------------------------------------------------------------
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CacheError(f"cannot list the cache folder {folder}: {exc.strerror or exc}") from exc
+
+
+def _groups(folder: Path, pattern: re.Pattern[str], with_tmp: bool = False) -> Iterator[tuple[str, list[Path]]]:
+    """Our regular files in ``folder`` (no links) grouped by entry stem, sorted by stem."""
+    groups: dict[str, list[Path]] = {}
+    for path in _children(folder):
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+        except OSError:
+            continue
+        match = pattern.match(path.name)
+        if match is None and with_tmp:
+            match = pattern.match(_tmp_target(path.name) or "")
+        if match is not None:
+            groups.setdefault(match["stem"], []).append(path)
+    yield from sorted(groups.items())
+
+
 def _tmp_target(name: str) -> str | None:
     match = _TMP_RE.match(name)
     return match["name"] if match else None
@@ -646,19 +891,34 @@ def _tmp_target(name: str) -> str | None:
 
 def _size(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size
     except OSError:
         return 0
 
 
-def _check_io(
-    what: str,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    expected_inputs: Sequence[TensorSpec],
-    expected_outputs: Sequence[TensorSpec],
-) -> None:
-    if tuple(inputs) != tuple(expected_inputs) or tuple(outputs) != tuple(expected_outputs):
-        have = ", ".join(map(str, (*inputs, *outputs)))
-        want = ", ".join(map(str, (*expected_inputs, *expected_outputs)))
-        raise InvalidEntry(f"{what} I/O tensors are [{have}], expected [{want}]")
+def _mtime(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError:
+        return None
+
+
+def _tree_size(folder: Path) -> tuple[int, int]:
+    """(bytes, files) of the regular files under ``folder``; links are not followed."""
+    size = files = 0
+    for path in folder.rglob("*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            size += st.st_size
+            files += 1
+    return size, files
+
+
+def _shown(root: Path, path: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
