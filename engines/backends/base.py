@@ -285,9 +285,12 @@ class Backend(ABC):
         expected = self.spec.preprocess.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise BackendError(f"{self.name}: expected input (N, {', '.join(map(str, expected))}), got {tuple(batch.shape)}")
+        n = int(batch.shape[0])
         low, high = self.batch_bounds
-        if not low <= int(batch.shape[0]) <= high:
-            raise BackendError(f"{self.name}: batch of {int(batch.shape[0])} is outside the loaded range {low}..{high}")
+        if n > high:
+            raise BackendError(f"{self.name}: batch of {n} exceeds the loaded maximum {high}")
+        if n < low:
+            raise BackendError(f"{self.name}: batch of {n} is below the loaded minimum {low}")
         return self._infer_impl(batch)
 
     def close(self) -> None:
