@@ -16,7 +16,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from engines.cache import TensorSpec
 from engines.errors import BackendUnavailable
@@ -32,27 +32,31 @@ MODULE_NAMES: tuple[str, ...] = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindi
 _found: tuple[str, ModuleType] | None = None
 
 
-def tensorrt_module() -> ModuleType:
-    """The TensorRT module (see the module docstring); :class:`BackendUnavailable` when none imports."""
-    global _found
-    if _found is not None and sys.modules.get(_found[0]) is _found[1]:
-        return _found[1]
+def import_tensorrt(names: Sequence[str] = MODULE_NAMES) -> tuple[str, ModuleType]:
+    """The first of ``names`` that imports with a ``Builder``, and its name; :class:`BackendUnavailable` if none."""
     problems = []
-    for name in MODULE_NAMES:
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
             problems.append(f"{name}: {exc}")
             continue
         if hasattr(module, "Builder"):  # an installed stub-only package imports as an empty namespace
-            _found = (name, module)
-            return module
+            return name, module
         problems.append(f"{name}: imports but has no Builder (a stub or incomplete install)")
     raise BackendUnavailable(
         "tensorrt backend: neither TensorRT nor TensorRT for RTX can be imported ("
         + "; ".join(problems)
         + "). Install TensorRT's Python package (JetPack ships it; on x86: pip install tensorrt)"
     )
+
+
+def tensorrt_module() -> ModuleType:
+    """The TensorRT module (see the module docstring), remembered while it stays in ``sys.modules``."""
+    global _found
+    if _found is None or sys.modules.get(_found[0]) is not _found[1]:
+        _found = import_tensorrt()
+    return _found[1]
 
 
 def tensorrt_module_name() -> str:
