@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import engines.cache as cache_module
+import engines.cache.key as cache_key
+import engines.cache.store as cache_store
 import engines.paths as engine_paths
 from engines.backends.base import BackendOptions
 from engines.backends.tensorrt.calibrator import calibration_set_sha256
@@ -159,7 +160,7 @@ def test_key_changes_with_each_field(change: dict[str, Any]) -> None:
 
 def test_key_changes_with_the_cache_format(monkeypatch: pytest.MonkeyPatch) -> None:
     before = _key().digest
-    monkeypatch.setattr(cache_module, "CACHE_FORMAT_VERSION", cache_module.CACHE_FORMAT_VERSION + 1)
+    monkeypatch.setattr(cache_key, "CACHE_FORMAT_VERSION", cache_key.CACHE_FORMAT_VERSION + 1)
     assert _key().digest != before
 
 
@@ -680,16 +681,21 @@ def test_atomic_write_reports_a_failed_folder_sync_as_a_cache_error(tmp_path: Pa
     def lost(folder: Path) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(cache_module, "fsync_dir", lost)
+    monkeypatch.setattr(cache_store, "fsync_dir", lost)
     with pytest.raises(CacheError, match="cannot write .*entry.bin"):
-        cache_module.atomic_write(tmp_path / "entry.bin", b"data")
+        cache_store.atomic_write(tmp_path / "entry.bin", b"data")
 
 
-def test_one_fsync_dir_for_both_caches() -> None:
+def test_one_store_one_atomic_write() -> None:
+    """The ONNX export cache's own hashing, atomic write, key, metadata, listing and clearing are gone:
+    exports are store entries."""
     import engines.onnx_export as onnx_export
 
-    assert cache_module.fsync_dir is engine_paths.fsync_dir and onnx_export.fsync_dir is engine_paths.fsync_dir
-    assert not hasattr(cache_module, "_fsync_dir") and not hasattr(onnx_export, "_fsync_dir")
+    assert cache_store.fsync_dir is engine_paths.fsync_dir and onnx_export.fsync_dir is engine_paths.fsync_dir
+    for gone in ("file_sha256", "_atomic_write_bytes", "onnx_cache_key", "onnx_cache_path", "_cached_hash",
+                 "_write_meta", "read_onnx_meta", "onnx_cache_files", "clear_onnx_cache", "invalidate_cached_onnx"):
+        assert not hasattr(onnx_export, gone), gone
+    assert not hasattr(cache_store.Store, "lookup")
 
 
 # -- scripts/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------

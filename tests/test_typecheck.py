@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED = (
-    "engines/cache.py",
+    "engines/cache/__init__.py",
+    "engines/cache/key.py",
+    "engines/cache/store.py",
     "engines/onnx_export.py",
     "engines/backends/base.py",
     "engines/backends/tensorrt/__init__.py",
