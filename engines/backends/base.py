@@ -25,7 +25,7 @@ from engines.preprocess import PinnedStaging, preprocess
 if TYPE_CHECKING:
     import torch
 
-    from engines.cache import CacheResult
+    from engines.cache import CacheResult, Kind
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -124,7 +124,7 @@ class LoadProgress(Protocol):
 class Artifact:
     """The file a backend's network was loaded from or built into, as the store keeps it."""
 
-    kind: str
+    kind: "Kind"
     """The store's kind: ``tensorrt engine``, ``torch2trt module`` or ``onnx export``."""
     path: Path
     size_bytes: int
@@ -139,7 +139,7 @@ class Artifact:
     @classmethod
     def from_cache(cls, result: "CacheResult[Any]", device_memory_bytes: int | None = None) -> "Artifact":
         return cls(
-            kind=str(result.manifest["kind"]),
+            kind=result.kind,
             path=result.paths.payload,
             size_bytes=result.size_bytes,
             sha256=result.sha256,
@@ -233,6 +233,7 @@ class Backend(ABC):
             _remember_torch_threads()
             torch.set_num_threads(1)
         start = time.perf_counter()
+        self.artifact = None  # set again by a load that succeeds
         self._progress = progress
         try:
             self._load_impl()

@@ -99,6 +99,7 @@ class InvalidEntry(Exception):
 @dataclass(frozen=True)
 class CacheResult(Generic[T]):
     value: T
+    key: StoreKey
     paths: EntryPaths
     manifest: dict[str, JSONValue]
     built: bool
@@ -107,6 +108,10 @@ class CacheResult(Generic[T]):
     """Builder time when built (None when loaded)."""
     seconds: float
     """Wall time of the whole get_or_build call, lock wait included."""
+
+    @property
+    def kind(self) -> Kind:
+        return self.key.kind
 
     @property
     def sha256(self) -> str:
@@ -201,7 +206,7 @@ class Store:
             loaded = self._try_load(key, paths, load, expected_inputs, expected_outputs)
             if loaded is not None:
                 value, manifest = loaded
-                return CacheResult(value, paths, manifest, False, None, time.perf_counter() - start)
+                return CacheResult(value, key, paths, manifest, False, None, time.perf_counter() - start)
             log.info("building %s", paths.payload.name)
             build_start = time.perf_counter()
             built = build()
@@ -219,7 +224,7 @@ class Store:
             manifest = _manifest(key, paths, built, build_seconds)
             atomic_write(paths.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
             log.info("stored %s (%d bytes) in %.1f s", paths.payload.name, len(built.data), build_seconds)
-            return CacheResult(fresh.value, paths, manifest, True, build_seconds, time.perf_counter() - start)
+            return CacheResult(fresh.value, key, paths, manifest, True, build_seconds, time.perf_counter() - start)
 
     def _try_load(
         self,
