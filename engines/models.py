@@ -399,7 +399,7 @@ def build_model(spec: ModelSpec, weights: WeightsChoice, seed: int = 0) -> Loade
     if path is not None:
         state = load_state_dict(path, trusted_pickle_for(spec, weights))
         try:
-            module.load_state_dict(state, strict=True)  # type: ignore[arg-type]
+            module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise WeightsError(f"{path} does not fit {spec.name}: {first}") from exc

@@ -25,11 +25,8 @@ is moved into place, so a broken export never reaches the cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -37,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal
 
-from engines.errors import CacheError, ConfigError, EngineError
+from engines.cache import Built, CacheResult, InvalidEntry, Loaded, OnnxKey, Store, TensorSpec, sha256_file
+from engines.errors import ConfigError, EngineError
 from engines.models import ModelSpec, WeightsChoice, build_model, resolve_weights_file
-from engines.paths import cache_dir as resolve_cache_dir
-from engines.paths import ensure_private_dir, fsync_dir, fsync_file
+from engines.paths import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     from engines.models import LoadedModel
@@ -54,8 +51,6 @@ DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18
 """Lowest opset the torch.export-based exporter writes natively (torch 2.9 to 2.14)."""
 LOCK_TIMEOUT_S = 600.0
-_CACHE_FORMAT = 1
-"""Bump when the export recipe changes, so old cache entries are not reused."""
 _DYNAMIC_EXAMPLE_BATCH = 2
 """Example batch for dynamic exports: torch.export specialises dimensions of size 1."""
 
@@ -260,31 +255,6 @@ def _rename_dim_params(model: "object", mapping: dict[str, str]) -> None:
                 dim.dim_param = mapping[dim.dim_param]
 
 
-# -- files ------------------------------------------------------------------
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
 # -- export ------------------------------------------------------------------
 def export_onnx(
     model: "LoadedModel",
@@ -374,11 +344,11 @@ def weights_id(spec: ModelSpec, weights: WeightsChoice, seed: int = 0) -> str:
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo_key not in _WEIGHTS_HASHES:
-        _WEIGHTS_HASHES[memo_key] = file_sha256(path)
+        _WEIGHTS_HASHES[memo_key] = sha256_file(path)
     return "sha256:" + _WEIGHTS_HASHES[memo_key]
 
 
-def _library_versions() -> dict[str, str]:
+def _library_versions() -> tuple[tuple[str, str], ...]:
     import torch
 
     versions = {"torch": str(torch.__version__)}
@@ -388,10 +358,10 @@ def _library_versions() -> dict[str, str]:
         versions["torchvision"] = str(torchvision.__version__)
     except ImportError:  # pragma: no cover - torchvision is a core dependency
         pass
-    return versions
+    return tuple(sorted(versions.items()))
 
 
-def onnx_cache_key(
+def onnx_key(
     spec: ModelSpec,
     weights: WeightsChoice,
     batch: int,
@@ -399,90 +369,44 @@ def onnx_cache_key(
     opset: int = DEFAULT_OPSET,
     seed: int = 0,
     exporter: ExporterName = "auto",
-) -> dict[str, object]:
-    """Everything the exported file depends on.
-
-    A dynamic-batch graph does not depend on ``batch``, so all dynamic
-    requests share one entry.
-    """
-    return {
-        "format": _CACHE_FORMAT,
-        "model": spec.name,
-        "input_shape": list(spec.preprocess.input_shape),
-        "num_classes": spec.num_classes,
-        "weights": weights_id(spec, weights, seed),
-        "batch": "dynamic" if dynamic_batch else batch,
-        "opset": opset,
-        "exporter": exporter,
-        **_library_versions(),
-    }
+) -> OnnxKey:
+    """Everything the exported file depends on (a dynamic graph does not depend on ``batch``)."""
+    return OnnxKey(
+        model=spec.name,
+        input_shape=tuple(spec.preprocess.input_shape),
+        num_classes=spec.num_classes,
+        weights=weights_id(spec, weights, seed),
+        batch=None if dynamic_batch else batch,
+        opset=opset,
+        exporter=exporter,
+        libraries=_library_versions(),
+    )
 
 
-def onnx_cache_path(key: dict[str, object], folder: Path) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    batch = key["batch"]
-    tag = "dyn" if batch == "dynamic" else f"b{batch}"
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key["model"]))
-    return folder / f"{safe_name}-{tag}-{digest}.onnx"
+def onnx_io(spec: ModelSpec, batch: int | None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The I/O tensors an export for ``spec`` declares (-1: the dynamic batch axis)."""
+    n = -1 if batch is None else batch
+    return (
+        (TensorSpec(INPUT_NAME, (n, *spec.preprocess.input_shape)),),
+        (TensorSpec(OUTPUT_NAME, (n, spec.num_classes)),),
+    )
 
 
-def _meta_path(onnx_path: Path) -> Path:
-    return onnx_path.with_suffix(".json")
+def _declared_io(info: OnnxInfo) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    def shape(dims: tuple[int | str, ...]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else -1 for d in dims)
+
+    return (TensorSpec(INPUT_NAME, shape(info.input_shape)),), (TensorSpec(OUTPUT_NAME, shape(info.output_shape)),)
 
 
-def read_onnx_meta(onnx_path: Path) -> dict[str, object] | None:
-    """The metadata cached beside an export (``key``, ``sha256``, ``size``, ``mtime_ns``,
-    ``exporter``), or None when it is missing or unreadable."""
+def _load_export(path: Path) -> Loaded[Path]:
+    """A verified export's path, with the I/O it declares (graph read without weights)."""
     try:
-        meta = json.loads(_meta_path(onnx_path).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _cached_hash(onnx_path: Path, key: dict[str, object]) -> str | None:
-    """The SHA-256 of a complete cache entry, or None when there is none."""
-    try:
-        st = onnx_path.stat()
-    except FileNotFoundError:
-        return None
-    meta: dict[str, object] = {}
-    try:
-        meta = json.loads(_meta_path(onnx_path).read_text())
-    except (OSError, ValueError):
-        meta = {}
-    if (
-        meta.get("key") == key
-        and meta.get("size") == st.st_size
-        and meta.get("mtime_ns") == st.st_mtime_ns
-        and isinstance(meta.get("sha256"), str)
-    ):
-        return str(meta["sha256"])
-    if st.st_size == 0:
-        return None
-    # The file is complete (os.replace is atomic) but its metadata is missing or stale.
-    sha = file_sha256(onnx_path)
-    exporter = meta.get("exporter")
-    _write_meta(onnx_path, key, sha, exporter if isinstance(exporter, str) else None)
-    return sha
-
-
-def _write_meta(onnx_path: Path, key: dict[str, object], sha: str, exporter: str | None) -> None:
-    st = onnx_path.stat()
-    meta = {"key": key, "sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "exporter": exporter}
-    _atomic_write_bytes(_meta_path(onnx_path), json.dumps(meta, indent=1, sort_keys=True).encode())
-
-
-def invalidate_cached_onnx(onnx_path: Path) -> None:
-    """Delete a cache entry (for instance one ONNX Runtime could not load)."""
-    for p in (onnx_path, _meta_path(onnx_path)):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
-def onnx_cache_folder(cache_dir: Path | None = None) -> Path:
-    """``<cache_dir()>/onnx``, private."""
-    return ensure_private_dir(resolve_cache_dir(cache_dir) / "onnx")
+        info = inspect_onnx(path)
+    except Exception as exc:  # protobuf's DecodeError, OSError, our EngineError: all mean "unreadable"
+        raise InvalidEntry(f"it does not parse as ONNX ({type(exc).__name__}: {exc})") from exc
+    inputs, outputs = _declared_io(info)
+    return Loaded(path, inputs, outputs)
 
 
 def cached_onnx(
@@ -496,91 +420,28 @@ def cached_onnx(
     seed: int = 0,
     exporter: ExporterName = "auto",
     lock_timeout: float = LOCK_TIMEOUT_S,
-) -> tuple[Path, str]:
-    """The cached ONNX export of ``spec`` with ``weights``: (path, SHA-256 of its bytes).
+) -> CacheResult[Path]:
+    """The stored ONNX export of ``spec`` with ``weights`` (``.value`` is its path, ``.sha256`` its hash).
 
-    Exports on a miss.  A per-entry file lock keeps two processes from
-    exporting the same entry at once; the loser waits and reuses the winner's
-    file.  Raises :class:`~engines.errors.CacheError` if the lock cannot be
-    taken within ``lock_timeout`` seconds.
+    Exports on a miss, and again (with one warning) when the stored file does not
+    match its manifest.  A per-entry lock keeps two processes from exporting the
+    same entry at once; the loser waits and reuses the winner's file.  Raises
+    :class:`~engines.errors.CacheError` if the lock cannot be taken within
+    ``lock_timeout`` seconds.
     """
-    import filelock
-
     if not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
-    folder = onnx_cache_folder(cache_dir)
-    key = onnx_cache_key(spec, weights, batch, dynamic_batch, opset, seed, exporter)
-    path = onnx_cache_path(key, folder)
-    sha = _cached_hash(path, key)
-    if sha is not None:
-        log.debug("ONNX cache hit: %s", path)
-        return path, sha
-    lock = filelock.FileLock(str(path) + ".lock", timeout=lock_timeout)
-    try:
-        with lock:
-            sha = _cached_hash(path, key)  # another process may have exported it while we waited
-            if sha is not None:
-                return path, sha
-            model = build_model(spec, weights, seed=seed)
-            used, _info = _export(model, path, batch, dynamic_batch, opset, exporter)
+    key = onnx_key(spec, weights, batch, dynamic_batch, opset, seed, exporter)
+    store = Store(cache_dir, lock_timeout_s=lock_timeout)
+
+    def build() -> Built:
+        model = build_model(spec, weights, seed=seed)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=store.paths(key).payload.parent) as tmp:
+            path = Path(tmp) / f"{spec.name}.onnx"
+            used, info = _export(model, path, batch, dynamic_batch, opset, exporter)
             del model
-            sha = file_sha256(path)
-            _write_meta(path, key, sha, used)
-            return path, sha
-    except filelock.Timeout as exc:
-        raise CacheError(
-            f"timed out after {lock_timeout:.0f} s waiting for the ONNX export lock {lock.lock_file} "
-            "(another process is exporting this model, or a stale lock was left behind)"
-        ) from exc
+            inputs, outputs = _declared_io(info)
+            return Built(path.read_bytes(), inputs, outputs, {"exporter": used, "opset_written": info.opset})
 
-
-def onnx_cache_files(cache_dir: Path | None = None, model: str | None = None) -> list[Path]:
-    """The exported ``.onnx`` files in the cache (``model``: only that model's)."""
-    folder = onnx_cache_folder(cache_dir)
-    files = sorted(folder.glob("*.onnx"))
-    if model is not None:
-        files = [p for p in files if p.name.startswith(f"{model}-")]
-    return files
-
-
-def clear_onnx_cache(cache_dir: Path | None = None, model: str | None = None) -> list[Path]:
-    """Delete cached exports (and their metadata, idle locks and leftover temporary files).
-
-    An entry whose lock another process holds (an export in progress) is left alone.
-    Returns the paths removed.
-    """
-    import filelock
-
-    folder = onnx_cache_folder(cache_dir)
-    prefix = "" if model is None else f"{model}-"
-    removed: list[Path] = []
-    for lock_path in sorted(folder.glob(f"{prefix}*.onnx.lock")):
-        lock = filelock.FileLock(str(lock_path), timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            log.warning("ONNX cache: %s is being exported by another process; left in place", lock_path.name)
-            continue
-        try:
-            onnx_path = lock_path.with_suffix("")
-            for p in (onnx_path, _meta_path(onnx_path)):
-                if p.exists():
-                    p.unlink()
-                    removed.append(p)
-        finally:
-            lock.release()
-        with contextlib.suppress(FileNotFoundError):
-            lock_path.unlink()
-            removed.append(lock_path)
-    for p in sorted(folder.glob(f"{prefix}*.onnx")) + sorted(folder.glob(f"{prefix}*.json")):
-        if p.with_suffix(".onnx.lock").exists():
-            continue  # its lock is held: skipped above
-        with contextlib.suppress(FileNotFoundError):  # entries without a lock file
-            p.unlink()
-            removed.append(p)
-    for p in sorted(folder.glob(f".{prefix}*.tmp")):
-        if time.time() - p.stat().st_mtime > 3600:  # an export that died; a live one is younger
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
-    return removed
+    inputs, outputs = onnx_io(spec, key.batch)
+    return store.get_or_build(key, build, _load_export, inputs, outputs)

@@ -23,28 +23,44 @@ def default_cache_dir() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) or check that an existing one is ours and private.
+    """Create ``path`` private (mode 0700), or check that an existing folder is safe to load from.
 
     Engines are executable content: a cache folder that other users can write
-    to could hand us a planted engine, so we refuse one rather than use it.
+    to could hand us a planted engine, so one that another user owns, that is
+    shared (sticky, like /tmp) or that group or others may write to is refused
+    with a :class:`CacheError`.  Only a folder created here gets its mode set:
+    an existing folder's mode is the user's choice and is never changed (a
+    0755 folder is used as it is).
     """
     path = path.expanduser()
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.stat()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise CacheError(f"cache folder {path} cannot be created: {exc.strerror or exc}") from exc
+    else:
+        try:
+            os.chmod(path, 0o700)  # ours: mkdir's mode went through the umask
+        except OSError as exc:
+            raise CacheError(f"cache folder {path} cannot be made private: {exc.strerror or exc}") from exc
+        return path
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CacheError(f"cache folder {path} cannot be read: {exc.strerror or exc}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise CacheError(f"cache folder {path} is not a folder")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         raise CacheError(f"cache folder {path} belongs to another user; refusing to load engines from it")
     if st.st_mode & stat.S_ISVTX:
         raise CacheError(f"cache folder {path} is a shared (sticky) folder such as /tmp; use a folder of your own")
-    if st.st_mode & 0o077:
-        try:
-            os.chmod(path, 0o700)
-        except OSError as exc:
-            raise CacheError(f"cache folder {path} is accessible by other users and cannot be made private") from exc
+    if st.st_mode & 0o022:
+        raise CacheError(
+            f"cache folder {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); refusing to "
+            f"load engines from it: use a folder of your own, or remove their write access (chmod go-w {path})"
+        )
     return path
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Parse ONNX files with TensorRT for RTX and build them; print one JSON report.
 
-Standalone (no project imports), meant to be run on a GPU machine::
+Meant to be run on a GPU machine, from a checkout (it imports only the project's
+``engines/backends/tensorrt/util.py``, which imports no TensorRT until asked)::
 
     python scripts/trt_rtx_parse_check.py model.onnx [more.onnx ...] \\
         [--compute-capability SM86 ...] [--max-batch 4] [--workspace-mb 1024] [--out report.json]
@@ -30,7 +31,8 @@ TensorRT-RTX 1.7.1.116, Nov 2026):
 * ``import tensorrt_rtx`` - the name NVIDIA's samples use - comes from the
   ``tensorrt-rtx`` / ``tensorrt-rtx-cu13`` front package, which re-exports
   the bindings.  This script tries ``tensorrt_rtx`` first and falls back to
-  ``tensorrt_rtx_bindings``, and says which one it used.
+  ``tensorrt_rtx_bindings`` (the same accessor the tensorrt backend uses,
+  :func:`engines.backends.tensorrt.util.import_tensorrt`), and says which one it used.
 * The 1.7.1.116 bindings name compute capabilities CURRENT, SM75, SM80, SM86,
   SM89, SM120 and SM121 (Turing to Blackwell RTX parts; no SM90, so an H100
   is refused).  Networks are strongly typed; there is no implicit int8
@@ -48,19 +50,12 @@ from pathlib import Path
 from typing import Any
 
 
-def import_tensorrt_rtx() -> tuple[Any, str]:
-    """The TensorRT-RTX module and the name it was imported under."""
-    errors = []
-    for name in ("tensorrt_rtx", "tensorrt_rtx_bindings"):
-        try:
-            module = __import__(name)
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-            continue
-        if hasattr(module, "Builder"):
-            return module, name
-        errors.append(f"{name}: imported but has no Builder")
-    raise ImportError("; ".join(errors))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's engines/, when run as a script
+from engines.backends.tensorrt.util import dims as _dims  # noqa: E402
+from engines.backends.tensorrt.util import import_tensorrt  # noqa: E402
+from engines.errors import BackendUnavailable  # noqa: E402
+
+RTX_MODULES = ("tensorrt_rtx", "tensorrt_rtx_bindings")
 
 
 def make_logger(trt: Any, messages: list[dict[str, str]]) -> Any:
@@ -102,7 +97,7 @@ def parser_errors(parser: Any) -> list[dict[str, Any]]:
 
 
 def dims(value: Any) -> list[int]:
-    return [int(value[i]) for i in range(len(value))]
+    return list(_dims(value))
 
 
 def check_file(trt: Any, path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -222,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "gpu": gpu_description()}
     try:
-        trt, module_name = import_tensorrt_rtx()
-    except ImportError as exc:
+        module_name, trt = import_tensorrt(RTX_MODULES)
+    except BackendUnavailable as exc:
         report["error"] = f"TensorRT-RTX cannot be imported: {exc}"
         print(json.dumps(report, indent=2))
         return 2

@@ -154,11 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 def backend_options_from_args(args: argparse.Namespace, precision: str | None = None, batch: int | None = None) -> "BackendOptions":
     from engines.backends.base import BackendOptions
 
-    return BackendOptions(
+    return BackendOptions.for_batch(
+        batch or getattr(args, "batch", 1),
         device=args.device,
-        precision=precision or getattr(args, "precision", "fp32"),  # type: ignore[arg-type]
-        batch=batch or getattr(args, "batch", 1),
-        dynamic_batch=(batch or getattr(args, "batch", 1)) > 1,
+        precision=precision or getattr(args, "precision", "fp32"),
         cache_dir=args.cache_dir,
         workspace_mb=args.workspace,
         calib_dir=args.calib,

@@ -20,8 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
-from engines.backends import BACKEND_NAMES, backend_installed, create_backend  # noqa: E402
-from engines.backends.base import Backend, BackendOptions, postprocess  # noqa: E402
+from engines.backends import BACKEND_NAMES, backend_class, backend_installed, create_backend  # noqa: E402
+from engines.backends.base import Artifact, Backend, BackendOptions, postprocess  # noqa: E402
 from engines.errors import BackendError, ConfigError  # noqa: E402
 from engines.models import WeightsChoice, get_spec  # noqa: E402
 
@@ -69,7 +69,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def options(name: str, cache: Path, **changes: object) -> BackendOptions:
-    base = BackendOptions(device=_device(name), batch=BATCH, dynamic_batch=True, cache_dir=cache)
+    base = BackendOptions.for_batch(BATCH, device=_device(name), cache_dir=cache)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -191,3 +191,62 @@ def test_precision_a_cpu_backend_cannot_run_is_a_config_error(name: str, precisi
         pytest.skip(f"{name} runs on a GPU only")
     with pytest.raises(ConfigError):
         make(name, cache, precision=precision).load()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_artifact_is_typed_and_describes_the_cached_file(name: str, tmp_path: Path) -> None:
+    """No probing: every backend has ``artifact``; those that cache something say what and where."""
+    import hashlib
+
+    phases: list[tuple[str, int, int]] = []
+    backend = make(name, tmp_path)
+    assert backend.artifact is None and backend.batch_bounds == (1, BATCH)
+    backend.load(progress=lambda phase, done, total: phases.append((phase, done, total)))
+    try:
+        artifact = backend.artifact
+        if name == "torch":
+            assert artifact is None
+            return
+        assert isinstance(artifact, Artifact) and artifact.built and artifact.build_seconds is not None
+        assert artifact.path.is_file() and tmp_path in artifact.path.parents
+        assert artifact.size_bytes == artifact.path.stat().st_size
+        assert artifact.sha256 == hashlib.sha256(artifact.path.read_bytes()).hexdigest()
+    finally:
+        backend.close()
+    assert backend.artifact == artifact  # kept after close: a record of the last load
+    with make(name, tmp_path) as again:
+        assert again.artifact is not None and not again.artifact.built and again.artifact.path == artifact.path
+
+
+@pytest.mark.parametrize("name", BACKEND_NAMES)
+@pytest.mark.parametrize(
+    "changes",
+    [{"precision": "int8"}, {"precision": "fp16"}, {"cuda_graphs": True}, {"device": "cuda"}, {"device": "cuda", "precision": "int8"}],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_unsupported_is_what_load_refuses(name: str, changes: dict[str, object], tmp_path: Path) -> None:
+    """``unsupported(options)`` (what the bench skips before starting a case) is exactly what ``load`` refuses."""
+    if backend_installed(name):
+        cls = backend_class(name)
+    else:  # the GPU backends' modules import without their packages: unsupported() needs none
+        from engines.backends.tensorrt import TensorRTBackend
+        from engines.backends.torch2trt_backend import Torch2TRTBackend
+
+        cls = {"tensorrt": TensorRTBackend, "torch2trt": Torch2TRTBackend}[name]
+    opts = replace(BackendOptions(device="cpu", cache_dir=tmp_path), **changes)  # type: ignore[arg-type]
+    reason = cls.unsupported(opts)
+    if reason is None:
+        return
+    assert "\n" not in reason and name in reason
+    with pytest.raises(ConfigError) as info:
+        cls(get_spec(MODEL), WEIGHTS, opts).load()
+    assert str(info.value) == reason
+
+
+def test_the_dynamic_batch_rule_lives_in_one_place() -> None:
+    assert not BackendOptions.for_batch(1).dynamic_batch
+    assert BackendOptions.for_batch(1, dynamic=True).dynamic_batch
+    assert BackendOptions.for_batch(4).dynamic_batch and BackendOptions.for_batch(4).batch == 4
+    assert BackendOptions.for_batch(4, device="cpu", precision="fp16") == BackendOptions(
+        device="cpu", precision="fp16", batch=4, dynamic_batch=True
+    )

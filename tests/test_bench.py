@@ -282,30 +282,18 @@ def test_nvidia_smi_parsing_filters_our_pid() -> None:
     assert parse_compute_apps("", 1) is None
 
 
-def test_engine_info_uses_what_the_backend_exposes() -> None:
-    class Paths:
-        def __init__(self, p: Path) -> None:
-            self.payload = p
+def test_engine_info_reads_the_backends_artifact() -> None:
+    from engines.backends.base import Artifact
+    from engines.backends.torch_backend import TorchBackend
+    from engines.models import WeightsChoice, get_spec
 
-    class Result:
-        def __init__(self, p: Path) -> None:
-            self.paths, self.built, self.build_seconds = Paths(p), True, 12.5
-
-    class Engine:
-        device_memory_size = 4096
-
-    class Holder:
-        engine = Engine()
-
-    class Fake:
-        def __init__(self, p: Path) -> None:
-            self.cache_result, self._engine = Result(p), Holder()
-
+    backend = TorchBackend(get_spec("efficientnet_lite0"), WeightsChoice("random"))
+    assert engine_info(backend) == {"engine_file_bytes": None, "engine_file": None, "trt_device_memory_bytes": None, "cache_hit": None, "engine_build_s": None}
     path = Path(__file__)
-    info = engine_info(Fake(path))
-    assert info["engine_file_bytes"] == path.stat().st_size and info["cache_hit"] is False
+    backend.artifact = Artifact("tensorrt engine", path, 1234, "0" * 64, built=True, build_seconds=12.5, device_memory_bytes=4096)
+    info = engine_info(backend)
+    assert info["engine_file_bytes"] == 1234 and info["engine_file"] == path.name and info["cache_hit"] is False
     assert info["engine_build_s"] == 12.5 and info["trt_device_memory_bytes"] == 4096
-    assert engine_info(object()) == {"engine_file_bytes": None, "engine_file": None, "trt_device_memory_bytes": None, "cache_hit": None, "engine_build_s": None}
 
 
 def test_verdict() -> None:

@@ -1,4 +1,4 @@
-"""Engine cache and TensorRT build/load orchestration, run against FakeTensorRT (a test double).
+"""The store (engine entries) and TensorRT build/load orchestration, run against FakeTensorRT (a test double).
 
 No TensorRT runs here: ``tests/fakes/fake_tensorrt.py`` stands in for the
 ``tensorrt`` module, so these tests cover the cache (keys, files, manifests,
@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-import engines.cache as cache_module
+import engines.cache.key as cache_key
+import engines.cache.store as cache_store
 import engines.paths as engine_paths
 from engines.backends.base import BackendOptions
+from engines.backends.tensorrt.calibrator import calibration_set_sha256
 from engines.cache import (
-    CACHE_FORMAT_VERSION,
-    EngineCache,
     EngineKey,
     ShapeProfile,
+    Store,
     TensorSpec,
-    calibration_set_sha256,
     canonical_json,
 )
 from engines.errors import CacheError, EngineError
@@ -99,11 +99,11 @@ def _options(cache_folder: Path, **kw: Any) -> BackendOptions:
 
 
 def _get(cache_folder: Path, onnx_path: Path, **kw: Any) -> Any:
-    from engines.backends.tensorrt_backend import DeviceInfo, get_engine
+    from engines.backends.tensorrt import DeviceInfo, get_engine
 
     options = _options(cache_folder, **kw)
     return get_engine(
-        SPEC, options, onnx_path, _sha(onnx_path), DeviceInfo(*DEVICE_ARGS), cache=EngineCache(cache_folder)
+        SPEC, options, onnx_path, _sha(onnx_path), DeviceInfo(*DEVICE_ARGS), cache=Store(cache_folder)
     )
 
 
@@ -151,12 +151,17 @@ def _key(**changes: Any) -> EngineKey:
         {"os": "windows"},
         {"arch": "aarch64"},
         {"extra": (("strongly_typed", "True"),)},
-        {"format_version": CACHE_FORMAT_VERSION + 1},
     ],
     ids=lambda c: "-".join(f"{k}" for k in c),
 )
 def test_key_changes_with_each_field(change: dict[str, Any]) -> None:
     assert _key(**change).digest != _key().digest
+
+
+def test_key_changes_with_the_cache_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _key().digest
+    monkeypatch.setattr(cache_key, "CACHE_FORMAT_VERSION", cache_key.CACHE_FORMAT_VERSION + 1)
+    assert _key().digest != before
 
 
 def test_key_covers_every_field_and_is_canonical() -> None:
@@ -180,11 +185,11 @@ def test_key_covers_every_field_and_is_canonical() -> None:
 def test_file_naming(tmp_path: Path) -> None:
     key = _key()
     assert key.stem == f"resnet18-fp16-sm90-trt10.13.0.35-{key.digest[:16]}"
-    paths = EngineCache(tmp_path / "c").paths(key)
+    paths = Store(tmp_path / "c").paths(key)
     assert paths.payload.name == key.stem + ".engine"
     assert paths.manifest.name == key.stem + ".json"
     t2t = _key(producer="torch2trt")
-    assert EngineCache(tmp_path / "c").paths(t2t).payload.name == t2t.stem + ".trtmodule"
+    assert Store(tmp_path / "c").paths(t2t).payload.name == t2t.stem + ".trtmodule"
 
 
 def test_calibration_hash(tmp_path: Path) -> None:
@@ -226,8 +231,8 @@ def test_manifest_content(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> 
     data = result.paths.payload.read_bytes()
     import hashlib
 
-    assert manifest["engine_sha256"] == hashlib.sha256(data).hexdigest()
-    assert manifest["engine_size"] == len(data)
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["size"] == len(data) and manifest["kind"] == "tensorrt engine"
     assert manifest["file"] == result.paths.payload.name
     assert manifest["model"] == "efficientnet_lite0" and manifest["precision"] == "fp16"
     assert manifest["created"].endswith("+00:00")
@@ -259,11 +264,13 @@ def test_trt8_uses_explicit_batch_flag(fake_trt: Any, tmp_path: Path, cache_fold
 def test_strongly_typed_fp16_converts_the_onnx(
     fake_trt: Any, tmp_path: Path, cache_folder: Path, monkeypatch: Any
 ) -> None:
-    from engines.backends import tensorrt_backend
+    from engines.backends import tensorrt
+    from engines.backends.tensorrt import loader
 
     monkeypatch.setattr(fake_trt, "__version__", "11.0.0")
     onnx_path = make_onnx(tmp_path / "tiny.onnx", batch=4)
-    monkeypatch.setattr(tensorrt_backend, "fp16_converter_name", lambda: None)
+    monkeypatch.setattr(tensorrt, "fp16_converter_name", lambda: None)
+    monkeypatch.setattr(loader, "fp16_converter_name", lambda: None)
     with pytest.raises(EngineError, match="onnxconverter-common"):
         _get(cache_folder, onnx_path)
     assert fake_trt.FakeBuildCounter.builds == 0
@@ -278,8 +285,8 @@ def test_strongly_typed_fp16_converts_the_onnx(
             model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
         return bytes(model.SerializeToString())
 
-    monkeypatch.setattr(tensorrt_backend, "fp16_converter_name", lambda: "test-converter")
-    monkeypatch.setattr(tensorrt_backend, "convert_onnx_to_fp16", to_fp16)
+    monkeypatch.setattr(tensorrt, "fp16_converter_name", lambda: "test-converter")
+    monkeypatch.setattr(loader, "convert_onnx_to_fp16", to_fp16)
     result = _get(cache_folder, onnx_path)
     header = fake_trt.header_of(result.paths.payload)
     assert header["builder_flags"] == []  # no FP16 flag on a strongly typed network
@@ -325,7 +332,7 @@ def test_parser_errors_are_reported(fake_trt: Any, tmp_path: Path, cache_folder:
 
 
 def test_progress_monitor_reports(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> None:
-    from engines.backends.tensorrt_backend import DeviceInfo, get_engine
+    from engines.backends.tensorrt import DeviceInfo, get_engine
 
     seen: list[tuple[str, int, int]] = []
     onnx_path = make_onnx(tmp_path / "tiny.onnx", batch=4)
@@ -335,7 +342,7 @@ def test_progress_monitor_reports(fake_trt: Any, tmp_path: Path, cache_folder: P
         onnx_path,
         _sha(onnx_path),
         DeviceInfo(*DEVICE_ARGS),
-        cache=EngineCache(cache_folder),
+        cache=Store(cache_folder),
         progress=lambda *a: seen.append(a),
     )
     assert seen[0] == ("Building engine", 0, 3) and seen[-1] == ("Building engine", 3, 3)
@@ -372,8 +379,8 @@ def _rehash(paths: Any, data: bytes) -> None:
 
     paths.payload.write_bytes(data)
     manifest = json.loads(paths.manifest.read_text())
-    manifest["engine_sha256"] = hashlib.sha256(data).hexdigest()
-    manifest["engine_size"] = len(data)
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest["size"] = len(data)
     paths.manifest.write_text(json.dumps(manifest))
 
 
@@ -456,7 +463,7 @@ def test_two_processes_one_build(tmp_path: Path, cache_folder: Path) -> None:
 def test_lock_timeout_raises_cache_error(tmp_path: Path) -> None:
     import filelock
 
-    cache = EngineCache(tmp_path / "c", lock_timeout_s=0.2)
+    cache = Store(tmp_path / "c", lock_timeout_s=0.2)
     key = _key()
     held = filelock.FileLock(str(cache.paths(key).lock))
     with held:
@@ -470,41 +477,53 @@ def test_lock_timeout_raises_cache_error(tmp_path: Path) -> None:
     "version, expected",
     [("10.13.0.35", fake_tensorrt.FAKE_DEVICE_MEMORY_SIZE_V2), ("8.6.1", fake_tensorrt.FAKE_DEVICE_MEMORY_SIZE)],
 )
-def test_backend_engine_path_and_device_memory(
+def test_backend_artifact(
     fake_trt: Any, tmp_path: Path, cache_folder: Path, monkeypatch: pytest.MonkeyPatch, version: str, expected: int
 ) -> None:
-    """``engine_path`` and ``device_memory_bytes`` are None before load and the loaded engine's after
-    (``device_memory_size_v2`` on TensorRT 10+, ``device_memory_size`` on 8.x); bench's engine_info reads them."""
+    """``artifact`` is None before load and describes the loaded engine after: its plan file, size, hash,
+    built-or-loaded and device memory (``device_memory_size_v2`` on TensorRT 10+, ``device_memory_size``
+    on 8.x); bench's engine_info reads it."""
+    import hashlib
+    import types
+
     import torch
 
-    from engines.backends import tensorrt_backend
-    from engines.backends.tensorrt_backend import DeviceInfo, TensorRTBackend
+    from engines.backends import tensorrt
+    from engines.backends.base import Artifact
+    from engines.backends.tensorrt import DeviceInfo, TensorRTBackend
     from engines.models import WeightsChoice
     from streamer.bench.memory import engine_info
 
     monkeypatch.setattr(fake_trt, "__version__", version)
     onnx_path = make_onnx(tmp_path / "tiny.onnx", batch=None)
     # No GPU and no real export here: the ONNX, the device and the CUDA buffers are stand-ins.
-    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: (onnx_path, _sha(onnx_path)))
-    monkeypatch.setattr(tensorrt_backend, "cuda_device_info", lambda device: DeviceInfo(*DEVICE_ARGS[:3], device))
+    export = types.SimpleNamespace(value=onnx_path, sha256=_sha(onnx_path))
+    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: export)
+    monkeypatch.setattr(tensorrt, "cuda_device_info", lambda device: DeviceInfo(*DEVICE_ARGS[:3], device))
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(TensorRTBackend, "_allocate_buffers", lambda self, out_dtype: None)
-    backend = TensorRTBackend(SPEC, WeightsChoice("random"), _options(cache_folder, device="cuda:0", dynamic_batch=True))
-    assert backend.engine_path is None and backend.device_memory_bytes is None
+    options = _options(cache_folder, device="cuda:0", dynamic_batch=True)
+    backend = TensorRTBackend(SPEC, WeightsChoice("random"), options)
+    assert backend.artifact is None
     assert engine_info(backend)["trt_device_memory_bytes"] is None
 
     backend._load_impl()  # load() also checks for CUDA and warms up, which the fake cannot run
-    assert backend.cache_result is not None
-    assert backend.engine_path == backend.cache_result.paths.payload
-    assert backend.engine_path.is_file() and backend.engine_path.suffix == ".engine"
-    assert backend.engine_path.parent == cache_folder
-    assert backend.device_memory_bytes == expected
+    artifact = backend.artifact
+    assert isinstance(artifact, Artifact) and artifact.kind == "tensorrt engine"
+    assert artifact.path.is_file() and artifact.path.suffix == ".engine" and artifact.path.parent == cache_folder
+    assert artifact.size_bytes == artifact.path.stat().st_size
+    assert artifact.sha256 == hashlib.sha256(artifact.path.read_bytes()).hexdigest()
+    assert artifact.built and artifact.build_seconds is not None
+    assert artifact.device_memory_bytes == expected
     info = engine_info(backend)
-    assert info["trt_device_memory_bytes"] == expected and info["engine_file"] == backend.engine_path.name
-    with pytest.raises(AttributeError):  # read-only
-        backend.engine_path = tmp_path  # type: ignore[misc]
-    with pytest.raises(AttributeError):
-        backend.device_memory_bytes = 1  # type: ignore[misc]
+    assert info["trt_device_memory_bytes"] == expected and info["engine_file"] == artifact.path.name
+    assert info["cache_hit"] is False and info["engine_file_bytes"] == artifact.size_bytes
+    backend._close_impl()
+
+    again = TensorRTBackend(SPEC, WeightsChoice("random"), options)
+    again._load_impl()
+    assert again.artifact is not None and not again.artifact.built and again.artifact.build_seconds is None
+    assert again.artifact.path == artifact.path and engine_info(again)["cache_hit"] is True
 
 
 # -- listing, clearing, permissions -------------------------------------------------------------------
@@ -517,34 +536,42 @@ def test_list_and_clear(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> No
     other = cache_folder / "onnx"
     other.mkdir(exist_ok=True)
     (cache_folder / "resnet18-fp16-sm86-trt10.0-0123456789abcdef.engine").write_bytes(b"orphan")
-    cache = EngineCache(cache_folder)
-    entries = {e.stem: e for e in cache.list_entries()}
+    cache = Store(cache_folder)
+    entries = {e.stem: e for e in cache.entries()}
     assert set(entries) == {a.paths.payload.stem, b.paths.payload.stem, "resnet18-fp16-sm86-trt10.0-0123456789abcdef"}
     ea = entries[a.paths.payload.stem]
     assert ea.model == "efficientnet_lite0" and ea.precision == "fp16" and ea.producer == "tensorrt"
+    assert ea.kind == "tensorrt engine" and ea.path == a.paths.payload
     assert ea.size_bytes == a.paths.payload.stat().st_size + a.paths.manifest.stat().st_size
     assert ea.created is not None and ea.problem is None
     assert entries["resnet18-fp16-sm86-trt10.0-0123456789abcdef"].problem == "manifest missing"
     assert cache.total_size() >= ea.size_bytes
 
-    removed = cache.clear(model="resnet18")
-    assert [p.name for p in removed] == ["resnet18-fp16-sm86-trt10.0-0123456789abcdef.engine"]
-    removed = cache.clear()
-    names = {p.name for p in removed}
+    cleared = cache.clear(model="resnet18")
+    assert [p.name for p in cleared.removed] == ["resnet18-fp16-sm86-trt10.0-0123456789abcdef.engine"]
+    assert cleared.freed_bytes == len(b"orphan") and not cleared.kept and not cleared.removed_folders
+    names = {p.name for p in cache.clear().removed}
     assert a.paths.payload.name in names and b.paths.manifest.name in names
-    assert cache.list_entries() == []
+    assert cache.entries() == []
     assert stranger.exists() and other.is_dir()  # not ours: left alone
 
 
 def test_cache_folder_is_private(tmp_path: Path) -> None:
     folder = tmp_path / "deep" / "cache"
-    EngineCache(folder)
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    loose = tmp_path / "loose"
-    loose.mkdir(mode=0o755)
-    os.chmod(loose, 0o755)
-    EngineCache(loose)
-    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+    Store(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # created here: made private
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    os.chmod(readable, 0o755)
+    Store(readable)
+    assert stat.S_IMODE(readable.stat().st_mode) == 0o755  # the user's own folder: its mode is left alone
+    for mode in (0o775, 0o2775, 0o757):
+        writable = tmp_path / f"writable-{mode:o}"
+        writable.mkdir()
+        os.chmod(writable, mode)
+        with pytest.raises(CacheError, match="writable by other users"):
+            Store(writable)
+        assert stat.S_IMODE(writable.stat().st_mode) == mode
 
 
 def test_written_files_are_private(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> None:
@@ -654,16 +681,21 @@ def test_atomic_write_reports_a_failed_folder_sync_as_a_cache_error(tmp_path: Pa
     def lost(folder: Path) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(cache_module, "fsync_dir", lost)
+    monkeypatch.setattr(cache_store, "fsync_dir", lost)
     with pytest.raises(CacheError, match="cannot write .*entry.bin"):
-        cache_module.atomic_write(tmp_path / "entry.bin", b"data")
+        cache_store.atomic_write(tmp_path / "entry.bin", b"data")
 
 
-def test_one_fsync_dir_for_both_caches() -> None:
+def test_one_store_one_atomic_write() -> None:
+    """The ONNX export cache's own hashing, atomic write, key, metadata, listing and clearing are gone:
+    exports are store entries."""
     import engines.onnx_export as onnx_export
 
-    assert cache_module.fsync_dir is engine_paths.fsync_dir and onnx_export.fsync_dir is engine_paths.fsync_dir
-    assert not hasattr(cache_module, "_fsync_dir") and not hasattr(onnx_export, "_fsync_dir")
+    assert cache_store.fsync_dir is engine_paths.fsync_dir and onnx_export.fsync_dir is engine_paths.fsync_dir
+    for gone in ("file_sha256", "_atomic_write_bytes", "onnx_cache_key", "onnx_cache_path", "_cached_hash",
+                 "_write_meta", "read_onnx_meta", "onnx_cache_files", "clear_onnx_cache", "invalidate_cached_onnx"):
+        assert not hasattr(onnx_export, gone), gone
+    assert not hasattr(cache_store.Store, "lookup")
 
 
 # -- scripts/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------

@@ -85,15 +85,15 @@ def _engine_in_child(cache: str, onnx_path: str, build_log: str, delay: str) -> 
     os.environ["FAKE_TRT_BUILD_LOG"] = build_log
     os.environ["FAKE_TRT_BUILD_DELAY"] = delay
     from engines.backends.base import BackendOptions
-    from engines.backends.tensorrt_backend import DeviceInfo, get_engine
-    from engines.cache import EngineCache
+    from engines.backends.tensorrt import DeviceInfo, get_engine
+    from engines.cache import Store
     from engines.models import get_spec
 
     options = BackendOptions(device="cpu", precision="fp16", batch=4, cache_dir=Path(cache))
     data = Path(onnx_path).read_bytes()
     result = get_engine(
         get_spec("efficientnet_lite0"), options, Path(onnx_path), hashlib.sha256(data).hexdigest(),
-        DeviceInfo("Fake GPU 9000", (8, 6), "12.4", "cpu"), cache=EngineCache(Path(cache)),
+        DeviceInfo("Fake GPU 9000", (8, 6), "12.4", "cpu"), cache=Store(Path(cache)),
     )  # fmt: skip
     io = ",".join(str(t) for t in (*result.value.inputs, *result.value.outputs))
     return result.built, str(result.paths.payload), io
@@ -133,7 +133,7 @@ def test_four_processes_build_one_engine(tmp_path: Path, tiny_onnx: Path) -> Non
     assert {io for _, _, io in results} == {"input[4x3x224x224] float32,logits[4x1000] float32"}
     payload = Path(results[0][1])
     manifest = json.loads(payload.with_suffix(".json").read_text())
-    assert manifest["engine_sha256"] == _sha(payload) and manifest["engine_size"] == payload.stat().st_size
+    assert manifest["sha256"] == _sha(payload) and manifest["size"] == payload.stat().st_size
     assert fake_tensorrt.parse_blob(payload.read_bytes()) is not None
     assert not list(cache.glob(".*.tmp"))
 
@@ -158,4 +158,4 @@ def test_builder_killed_mid_build_blocks_no_one_and_leaves_nothing_loadable(tmp_
     built, payload, _io = _engine_in_child(str(cache), str(tiny_onnx), str(build_log), "0")
     assert built and time.monotonic() - start < 30
     manifest = json.loads(Path(payload).with_suffix(".json").read_text())
-    assert manifest["engine_sha256"] == _sha(Path(payload))
+    assert manifest["sha256"] == _sha(Path(payload))

@@ -4,7 +4,8 @@
   or file contents.  Child processes, so that anything FFmpeg or OpenCV print is seen too.
 * A GStreamer pipeline runs only with ``--gst``.
 * Weights are code: a pickle that runs code on load is refused, and nothing runs.
-* Engines and exported models are read only from the user's own private (0700) cache folder.
+* Engines and exported models are read only from the user's own cache folder, which others cannot
+  write to; streamer changes the mode only of folders it created, and ``cache clear`` never leaves it.
 * PyTorch older than 2.6 (whose ``weights_only`` loader is not safe) is refused.
 """
 
@@ -156,19 +157,72 @@ def test_malicious_weights_are_refused_by_build_too(cli: InProcessCli, tmp_path:
 
 
 # -- 10. engines come only from the user's private cache folder ------------------------------------------
-@pytest.mark.parametrize("mode", [0o777, 0o770, 0o755])
-def test_loose_cache_folder_is_made_private(cli: InProcessCli, tmp_path: Path, mode: int) -> None:
-    from engines.onnx_export import onnx_cache_folder
+def test_created_cache_folders_are_private(cli: InProcessCli, tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "cache"
+    result = cli("build", "--backend", "onnxruntime", "--cache-dir", folder, *MODEL_ARGS, "--weights", "random")
+    assert result.returncode == 0, result.stderr
+    for created in (folder, folder / "onnx"):
+        assert stat.S_IMODE(created.stat().st_mode) == 0o700, created
 
-    folder = tmp_path / "cache"
+
+@pytest.mark.parametrize("mode", [0o2775, 0o777, 0o770, 0o757])
+def test_an_existing_folder_others_can_write_is_refused_not_chmodded(cli: InProcessCli, tmp_path: Path, mode: int) -> None:
+    """Issue #13: `cache list --cache-dir SHARED` changed a team folder's mode from 2775 to 700."""
+    folder = tmp_path / "team-share"
     folder.mkdir()
     folder.chmod(mode)
+    for argv in (("cache", "list"), ("cache", "clear"), ("build", "--backend", "onnxruntime", *MODEL_ARGS)):
+        result = cli(*argv, "--cache-dir", folder)
+        assert "writable by other users" in assert_one_clear_line(result), argv
+        assert stat.S_IMODE(folder.stat().st_mode) == mode, f"{argv} changed the folder's mode"
+    assert list(folder.iterdir()) == []
+
+
+def test_an_existing_readable_folder_is_used_as_it_is(cli: InProcessCli, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    folder.chmod(0o755)
     assert cli("cache", "list", "--cache-dir", folder).returncode == 0
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     sub = folder / "onnx"
-    sub.mkdir(exist_ok=True)  # `cache list` may already have made it (it lists ONNX exports too)
-    sub.chmod(mode)
-    assert onnx_cache_folder(folder) == sub and stat.S_IMODE(sub.stat().st_mode) == 0o700
+    sub.mkdir()
+    sub.chmod(0o775)
+    result = cli("build", "--backend", "onnxruntime", "--cache-dir", folder, *MODEL_ARGS, "--weights", "random")
+    assert "writable by other users" in assert_one_clear_line(result)
+    assert stat.S_IMODE(sub.stat().st_mode) == 0o775
+
+
+@pytest.mark.parametrize("model", ["../../victim", "../victim", "/etc", "victim", "resnet18/../..", ""])
+def test_cache_clear_model_outside_the_registry_is_refused(cli: InProcessCli, tmp_path: Path, model: str) -> None:
+    """Issue #13: `cache clear --model ../../victim` deleted files two folders above the cache."""
+    cache = tmp_path / "a" / "b" / "cache"
+    cache.mkdir(parents=True, mode=0o700)
+    victims = [tmp_path / "victim-b1-opset18-0123456789abcdef.onnx", tmp_path / "a" / "victim.json", tmp_path / "victim"]
+    victims[-1].mkdir()
+    for path in victims[:-1]:
+        path.write_text("not the cache's")
+    (cache / "onnx").mkdir(mode=0o700)
+    (cache / "onnx" / "victim-b1-opset18-0123456789abcdef.onnx").symlink_to(victims[0])
+    result = cli("cache", "clear", "--model", model, "--cache-dir", cache)
+    assert "unknown model" in assert_one_clear_line(result)
+    assert all(p.exists() for p in victims) and (cache / "onnx").is_dir()
+
+
+def test_cache_clear_never_follows_a_link_out_of_the_cache(cli: InProcessCli, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the cache's")
+    target = tmp_path / "resnet18-b1-opset18-0123456789abcdef.onnx"
+    target.write_text("not the cache's either")
+    cache = tmp_path / "cache"
+    (cache / "onnx").mkdir(parents=True, mode=0o700)
+    cache.chmod(0o700)
+    (cache / "onnx" / target.name).symlink_to(target)
+    (cache / "ort-tensorrt").mkdir(mode=0o700)
+    (cache / "ort-tensorrt" / "resnet18-fp16-b1-0123456789abcdef").symlink_to(outside, target_is_directory=True)
+    result = cli("cache", "clear", "--model", "resnet18", "--cache-dir", cache)
+    assert result.returncode == 0, result.stderr
+    assert (outside / "keep.txt").exists() and target.exists()
 
 
 def test_shared_sticky_folder_is_refused_not_taken_over(cli: InProcessCli, tmp_path: Path) -> None:
@@ -212,22 +266,23 @@ def test_cache_folder_of_another_user_is_refused(cli: InProcessCli, tmp_path: Pa
 
 def test_sub_folder_of_another_user_is_refused(tmp_path: Path, foreign_folder: Path) -> None:
     from engines.errors import CacheError
-    from engines.onnx_export import onnx_cache_folder
+    from engines.models import WeightsChoice, get_spec
+    from engines.onnx_export import cached_onnx
 
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)
     os.rename(foreign_folder / "onnx", mine / "onnx")  # still another user's
     with pytest.raises(CacheError, match="belongs to another user"):
-        onnx_cache_folder(mine)
+        cached_onnx(get_spec("efficientnet_lite0"), WeightsChoice("random"), cache_dir=mine)
 
 
 def test_engine_cache_refuses_another_users_folder(foreign_folder: Path) -> None:
     """The TensorRT engine cache goes through the same check (no TensorRT needed to see it)."""
-    from engines.cache import EngineCache
+    from engines.cache import Store
     from engines.errors import CacheError
 
     with pytest.raises(CacheError, match="belongs to another user"):
-        EngineCache(foreign_folder)
+        Store(foreign_folder)
 
 
 # -- 10. torch older than 2.6 ------------------------------------------------------------------------------------------------

@@ -29,12 +29,12 @@ from engines import onnx_export  # noqa: E402
 from engines.backends.base import BackendOptions  # noqa: E402
 from engines.errors import BackendUnavailable, CacheError, ConfigError, EngineError  # noqa: E402
 from engines.models import LoadedModel, WeightsChoice, build_model, get_spec, model_names  # noqa: E402
+from engines.cache import Store, sha256_file  # noqa: E402
 from engines.onnx_export import (  # noqa: E402
     cached_onnx,
     export_onnx,
     inspect_onnx,
-    onnx_cache_key,
-    onnx_cache_path,
+    onnx_key,
 )
 from engines.preprocess import preprocess  # noqa: E402
 
@@ -119,10 +119,12 @@ def exported(frames: list[np.ndarray], cache: Path) -> Callable[[str], Exported]
             with torch.inference_mode():
                 reference = loaded.module(x).float().numpy()
             start = time.perf_counter()
-            dynamic, dynamic_sha = cached_onnx(spec, weights, batch=1, dynamic_batch=True, cache_dir=cache)
+            dynamic = cached_onnx(spec, weights, batch=1, dynamic_batch=True, cache_dir=cache)
             seconds = time.perf_counter() - start
-            fixed, fixed_sha = cached_onnx(spec, weights, batch=1, dynamic_batch=False, cache_dir=cache)
-            done[model] = Exported(loaded, reference, x.numpy(), fixed, fixed_sha, dynamic, dynamic_sha, seconds)
+            fixed = cached_onnx(spec, weights, batch=1, dynamic_batch=False, cache_dir=cache)
+            done[model] = Exported(
+                loaded, reference, x.numpy(), fixed.value, fixed.sha256, dynamic.value, dynamic.sha256, seconds
+            )
         return done[model]
 
     return get
@@ -174,7 +176,7 @@ def test_efficientnet_padding_is_folded_into_conv(exported: Callable[[str], Expo
         meta = json.loads(path.with_suffix(".json").read_text())
         graph = onnx.load(str(path), load_external_data=False).graph
         pads = sum(n.op_type == "Pad" for n in graph.node)
-        if meta["exporter"] == "dynamo":
+        if meta["info"]["exporter"] == "dynamo":
             assert pads == 0
         else:  # the TorchScript fallback keeps them, with constant sizes
             assert pads == 17
@@ -184,7 +186,7 @@ def test_cache_folder_holds_single_file_exports(exported: Callable[[str], Export
     exported("efficientnet_lite0")
     names = [p.name for p in (cache / "onnx").iterdir()]
     assert names
-    assert all(n.endswith((".onnx", ".json", ".onnx.lock")) for n in names), names
+    assert all(n.endswith((".onnx", ".json", ".lock")) for n in names), names
 
 
 # -- both exporters, quietly ------------------------------------------------------------
@@ -259,15 +261,17 @@ def test_cached_export_is_reused(
 
     monkeypatch.setattr(onnx_export, "build_model", no_rebuild)
     start = time.perf_counter()
-    path, sha = cached_onnx(get_spec("efficientnet_lite0"), weights_for("efficientnet_lite0"), 1, True, cache)
+    hit_result = cached_onnx(get_spec("efficientnet_lite0"), weights_for("efficientnet_lite0"), 1, True, cache)
+    path, sha = hit_result.value, hit_result.sha256
     hit = time.perf_counter() - start
+    assert not hit_result.built
     print(f"\nefficientnet_lite0 dynamic export: first {e.seconds:.2f} s, cached {hit * 1e3:.1f} ms")
     assert (path, sha) == (e.dynamic, e.dynamic_sha)
     assert path.stat().st_mtime_ns == mtime
-    assert sha == onnx_export.file_sha256(path)
+    assert sha == sha256_file(path)
     assert hit < e.seconds / 5
     # a dynamic graph does not depend on the largest batch: batch 8 shares the entry
-    assert cached_onnx(get_spec("efficientnet_lite0"), weights_for("efficientnet_lite0"), 8, True, cache)[0] == path
+    assert cached_onnx(get_spec("efficientnet_lite0"), weights_for("efficientnet_lite0"), 8, True, cache).value == path
 
 
 def test_hash_follows_the_weights_bytes(exported: Callable[[str], Exported], cache: Path, tmp_path: Path) -> None:
@@ -277,18 +281,18 @@ def test_hash_follows_the_weights_bytes(exported: Callable[[str], Exported], cac
     weights_file = tmp_path / "lite0.pth"
     torch.save(state, weights_file)
     choice = WeightsChoice.parse(str(weights_file))
-    copy_path, copy_sha = cached_onnx(spec, choice, 1, False, cache, exporter="torchscript")
+    first = cached_onnx(spec, choice, 1, False, cache, exporter="torchscript")
+    copy_path, copy_sha = first.value, first.sha256
     # the key follows the bytes of the weights file, not its path
     other = tmp_path / "elsewhere.pth"
     other.write_bytes(weights_file.read_bytes())
-    assert cached_onnx(spec, WeightsChoice.parse(str(other)), 1, False, cache, exporter="torchscript") == (
-        copy_path,
-        copy_sha,
-    )
+    same = cached_onnx(spec, WeightsChoice.parse(str(other)), 1, False, cache, exporter="torchscript")
+    assert (same.value, same.sha256, same.built) == (copy_path, copy_sha, False)
     # retrained weights written over the same path: a new entry, a new hash, new logits
     state["_fc.bias"] += 1.0
     torch.save(state, weights_file)
-    new_path, new_sha = cached_onnx(spec, choice, 1, False, cache, exporter="torchscript")
+    new = cached_onnx(spec, choice, 1, False, cache, exporter="torchscript")
+    new_path, new_sha = new.value, new.sha256
     assert new_path != copy_path and new_sha != copy_sha
     old_out = run(session(copy_path), e.inputs[:1])
     new_out = run(session(new_path), e.inputs[:1])
@@ -298,18 +302,17 @@ def test_hash_follows_the_weights_bytes(exported: Callable[[str], Exported], cac
 def test_key_covers_seed_batch_opset_and_torch() -> None:
     spec = get_spec("resnet18")
     rnd = WeightsChoice.parse("random")
-    base = onnx_cache_key(spec, rnd, 1, False)
-    assert base["torch"] == torch.__version__ and base["weights"] == "random-seed0"
+    base = onnx_key(spec, rnd, 1, False)
+    fields = base.to_json()
+    assert fields["libraries"]["torch"] == torch.__version__ and fields["weights"] == "random-seed0"
     variants = [
-        onnx_cache_key(spec, rnd, 1, False, seed=1),
-        onnx_cache_key(spec, rnd, 2, False),
-        onnx_cache_key(spec, rnd, 1, True),
-        onnx_cache_key(spec, rnd, 1, False, opset=17),
+        onnx_key(spec, rnd, 1, False, seed=1),
+        onnx_key(spec, rnd, 2, False),
+        onnx_key(spec, rnd, 1, True),
+        onnx_key(spec, rnd, 1, False, opset=17),
     ]
-    folder = Path("/nonexistent")
-    paths = {onnx_cache_path(k, folder) for k in [base, *variants]}
-    assert len(paths) == 5
-    assert onnx_cache_key(spec, rnd, 1, True) == onnx_cache_key(spec, rnd, 16, True)
+    assert len({k.stem for k in [base, *variants]}) == 5
+    assert onnx_key(spec, rnd, 1, True) == onnx_key(spec, rnd, 16, True)
 
 
 def test_concurrent_callers_export_once(
@@ -331,7 +334,8 @@ def test_concurrent_callers_export_once(
 
     def call() -> None:
         try:
-            results.append(cached_onnx(spec, weights, 2, False, tmp_path, exporter="torchscript"))
+            result = cached_onnx(spec, weights, 2, False, tmp_path, exporter="torchscript")
+            results.append((result.value, result.sha256))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -350,37 +354,104 @@ def test_lock_timeout_is_a_cache_error(tmp_path: Path) -> None:
     import filelock
 
     spec, weights = get_spec("resnet18"), WeightsChoice.parse("random")
-    key = onnx_cache_key(spec, weights, 4, False)
-    path = onnx_cache_path(key, onnx_export.onnx_cache_folder(tmp_path))
-    with filelock.FileLock(str(path) + ".lock"):
-        with pytest.raises(CacheError, match="lock"):
+    (tmp_path / "onnx").mkdir(mode=0o700)
+    paths = Store(tmp_path).paths(onnx_key(spec, weights, 4, False))
+    with filelock.FileLock(str(paths.lock)):
+        with pytest.raises(CacheError, match="another process is exporting this model"):
             cached_onnx(spec, weights, 4, False, tmp_path, lock_timeout=0.2)
-    assert not path.exists()
+    assert not paths.payload.exists()
+
+
+def _copy_entry(entry: Path, cache_dir: Path) -> Path:
+    """Copy an export and its manifest into another cache folder (the key holds no path: it is reused there)."""
+    import shutil
+
+    folder = cache_dir / "onnx"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for suffix in (".onnx", ".json"):
+        shutil.copy2(entry.with_suffix(suffix), folder / entry.with_suffix(suffix).name)
+    return folder / entry.name
 
 
 def test_clear_removes_idle_entries_only(exported: Callable[[str], Exported], tmp_path: Path) -> None:
-    import shutil
-
     import filelock
 
-    entry = exported("efficientnet_lite0").fixed
-    folder = onnx_export.onnx_cache_folder(tmp_path)
-    for suffix in (".onnx", ".json"):
-        shutil.copy2(entry.with_suffix(suffix), folder / entry.with_suffix(suffix).name)
-    copied = folder / entry.name
-    assert onnx_export.onnx_cache_files(tmp_path) == [copied]
-    assert onnx_export.clear_onnx_cache(tmp_path, model="resnet18") == []
-    with filelock.FileLock(str(copied) + ".lock"):  # an export in progress
-        assert onnx_export.clear_onnx_cache(tmp_path, model="efficientnet_lite0") == []
-    removed = onnx_export.clear_onnx_cache(tmp_path, model="efficientnet_lite0")
+    copied = _copy_entry(exported("efficientnet_lite0").fixed, tmp_path)
+    store = Store(tmp_path)
+    assert [e.path for e in store.entries()] == [copied]
+    assert store.clear(model="resnet18").removed == []
+    with filelock.FileLock(str(copied.with_suffix(".lock"))):  # an export in progress
+        held = store.clear(model="efficientnet_lite0")
+        assert held.removed == [] and held.kept == [copied]
+    removed = store.clear(model="efficientnet_lite0").removed
     assert copied in removed and copied.with_suffix(".json") in removed
-    assert list(folder.iterdir()) == []
+    assert list((tmp_path / "onnx").iterdir()) == []
 
 
 def test_cache_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMER_CACHE_DIR", str(tmp_path / "env-cache"))
-    assert onnx_export.onnx_cache_folder() == tmp_path / "env-cache" / "onnx"
+    assert Store().folder == tmp_path / "env-cache"
     assert (tmp_path / "env-cache").stat().st_mode & 0o077 == 0
+
+
+def _invert_4k(path: Path) -> None:
+    """Invert 4 KiB in the middle of a file, its size unchanged (a bad sector, a bit-rotted copy)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(b ^ 0xFF for b in data[middle : middle + 4096])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_export_is_rebuilt_with_one_warning(
+    exported: Callable[[str], Exported],
+    tmp_path: Path,
+    frames: list[np.ndarray],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #13: inverting 4 KB inside a cached export gave NaN labels and a manifest blessing the damage."""
+    import logging
+
+    from engines.backends.base import postprocess
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    spec = get_spec("efficientnet_lite0")
+    path = _copy_entry(exported(spec.name).fixed, tmp_path)
+    manifest = path.with_suffix(".json").read_text()
+    options = BackendOptions(device="cpu", cache_dir=tmp_path)
+    with OnnxRuntimeBackend(spec, weights_for(spec.name), options) as backend:
+        assert backend.artifact is not None and not backend.artifact.built and backend.artifact.path == path
+        good = [postprocess(backend.infer(backend.preprocess([f])), spec.labels, 1)[0] for f in frames]
+    _invert_4k(path)
+    with caplog.at_level(logging.WARNING, logger="engines.cache"):
+        with OnnxRuntimeBackend(spec, weights_for(spec.name), options) as backend:
+            assert backend.artifact is not None and backend.artifact.built and backend.artifact.path == path
+            again = [postprocess(backend.infer(backend.preprocess([f])), spec.labels, 1)[0] for f in frames]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "SHA-256 differs" in warnings[0] and "rebuilding" in warnings[0], warnings
+    assert [p.labels for p in again] == [p.labels for p in good]
+    assert all(np.isfinite(p.scores).all() for p in again)
+    np.testing.assert_allclose([p.scores for p in again], [p.scores for p in good], atol=1e-4)
+    rebuilt = json.loads(path.with_suffix(".json").read_text())
+    assert rebuilt["sha256"] == sha256_file(path) and rebuilt["sha256"] == json.loads(manifest)["sha256"]
+
+
+def test_a_corrupt_export_is_never_blessed(
+    exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest is only written from freshly built bytes: loading a damaged file never rewrites it."""
+    spec = get_spec("efficientnet_lite0")
+    path = _copy_entry(exported(spec.name).fixed, tmp_path)
+    manifest = path.with_suffix(".json").read_bytes()
+    _invert_4k(path)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise EngineError("export refused for this test")
+
+    monkeypatch.setattr(onnx_export, "build_model", refuse)
+    for _attempt in range(2):  # the second call meets the damage again: nothing blessed it
+        with pytest.raises(EngineError, match="export refused"):
+            cached_onnx(spec, weights_for(spec.name), 1, False, tmp_path)
+        assert path.with_suffix(".json").read_bytes() == manifest
 
 
 # -- the onnxruntime backend built on the export ----------------------------------------------
@@ -428,15 +499,11 @@ def test_onnxruntime_on_cuda_without_a_gpu_provider_is_unavailable() -> None:
 def test_onnxruntime_recovers_from_a_corrupt_cache_entry(
     exported: Callable[[str], Exported], tmp_path: Path, frames: list[np.ndarray]
 ) -> None:
-    import shutil
-
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     spec = get_spec("efficientnet_lite0")
     entry = exported(spec.name).fixed  # what a batch-1 backend loads: copy it rather than export again
-    folder = onnx_export.onnx_cache_folder(tmp_path)
-    for suffix in (".onnx", ".json"):
-        shutil.copy2(entry.with_suffix(suffix), folder / entry.with_suffix(suffix).name)
+    folder = _copy_entry(entry, tmp_path).parent
     options = BackendOptions(device="cpu", cache_dir=tmp_path)
     backend = OnnxRuntimeBackend(spec, weights_for(spec.name), options)
     with backend:
@@ -468,7 +535,7 @@ def test_onnxruntime_gpu_provider_choice(
     """The GPU configuration, checked without a GPU: which providers, with which options."""
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    options = BackendOptions(device="cuda:1", precision=precision, batch=4, cache_dir=tmp_path)  # type: ignore[arg-type]
+    options = BackendOptions.for_batch(4, device="cuda:1", precision=precision, cache_dir=tmp_path)
     backend = OnnxRuntimeBackend(get_spec("efficientnet_lite0"), weights_for("efficientnet_lite0"), options)
     assert backend.input_device == "cuda:1"
     if isinstance(expected, type):
@@ -488,4 +555,9 @@ def test_onnxruntime_gpu_provider_choice(
         assert trt["trt_profile_max_shapes"] == trt["trt_profile_opt_shapes"] == "input:4x3x224x224"
         engine_dir = Path(trt["trt_engine_cache_path"])
         assert engine_dir.parent == tmp_path / "ort-tensorrt" and engine_dir.is_dir()
-        assert "abababababababab" in engine_dir.name and "fp16" in engine_dir.name
+        from engines.cache import OrtFolderKey
+
+        key = OrtFolderKey("efficientnet_lite0", "ab" * 32, "fp16", batch=4, dynamic=True)
+        assert engine_dir == Store(tmp_path).folder_for(key) and engine_dir.name.startswith("efficientnet_lite0-fp16-dyn4-")
+        other = backend._tensorrt_options(1, "cd" * 32)["trt_engine_cache_path"]
+        assert Path(other) != engine_dir  # one folder per ONNX file: onnxruntime names engines after the graph

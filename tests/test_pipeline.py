@@ -61,7 +61,7 @@ def labels_imported() -> None:
 
 
 def lite0(batch: int = 1) -> RecordingTorchBackend:
-    options = BackendOptions(device="cpu", batch=batch, dynamic_batch=batch > 1)
+    options = BackendOptions.for_batch(batch, device="cpu")
     return RecordingTorchBackend(get_spec(MODEL), WeightsChoice("imagenet"), options)
 
 

@@ -92,7 +92,7 @@ def main() -> None:
     for cfg in args.configs.split(","):
         backend_name, precision, batch_text, *flags = cfg.split(":")
         batch = int(batch_text)
-        options = BackendOptions(device=args.device, precision=precision, batch=batch, dynamic_batch=batch > 1, cuda_graphs="graph" in flags)  # type: ignore[arg-type]
+        options = BackendOptions.for_batch(batch, device=args.device, precision=precision, cuda_graphs="graph" in flags)
         backend = create_backend(backend_name, spec, WeightsChoice.parse(args.weights), options)
         source = open_source(str(clip), SourceOptions())
         out = tmp / f"out-{cfg.replace(':', '_')}.mp4"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 _BACKENDS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "torch": ("engines.backends.torch_backend", "TorchBackend", ("torch",), None),
     "onnxruntime": ("engines.backends.onnxruntime_backend", "OnnxRuntimeBackend", ("onnxruntime", "onnx"), "onnx"),
-    "tensorrt": ("engines.backends.tensorrt_backend", "TensorRTBackend", ("tensorrt", "onnx"), "tensorrt"),
+    "tensorrt": ("engines.backends.tensorrt", "TensorRTBackend", ("tensorrt", "onnx"), "tensorrt"),
     "torch2trt": ("engines.backends.torch2trt_backend", "Torch2TRTBackend", ("torch2trt", "tensorrt"), "torch2trt"),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
@@ -34,8 +34,10 @@ def _module_present(name: str) -> bool:
 
 
 def tensorrt_module_present() -> bool:
-    """True if ``tensorrt`` (or TensorRT for RTX, ``tensorrt_rtx``) can be imported."""
-    return _module_present("tensorrt") or _module_present("tensorrt_rtx")
+    """True if ``tensorrt`` (or TensorRT for RTX) can be imported (no import is done)."""
+    from engines.backends.tensorrt.util import MODULE_NAMES
+
+    return any(_module_present(name) for name in MODULE_NAMES)
 
 
 def backend_installed(name: str) -> bool:

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from engines.preprocess import PinnedStaging, preprocess
 
 if TYPE_CHECKING:
     import torch
+
+    from engines.cache import CacheResult, Kind
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -39,7 +41,8 @@ class BackendOptions:
     batch: int = 1
     """Largest batch ``infer`` will be given."""
     dynamic_batch: bool = False
-    """Engines accept any batch from 1 to ``batch`` (an optimisation profile) instead of exactly ``batch``."""
+    """Engines accept any batch from 1 to ``batch`` (an optimisation profile) instead of exactly ``batch``
+    (smaller batches are then padded).  :meth:`for_batch` sets it by the rule every command uses."""
     cache_dir: Path | None = None
     workspace_mb: int | None = None
     """Builder workspace limit for TensorRT (small devices such as a Jetson Nano)."""
@@ -61,6 +64,14 @@ class BackendOptions:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be positive, got {self.threads}")
         resolve_device_name(self.device)  # validates the spelling
+
+    @classmethod
+    def for_batch(cls, batch: int, *, dynamic: bool = False, **fields: Any) -> "BackendOptions":
+        """Options for a largest batch of ``batch``, by the one rule ``run``, ``build`` and the bench share:
+        the batch is dynamic whenever ``batch > 1`` (or when ``dynamic`` asks for it at batch 1), so a
+        live source's single frames and a file's last partial batch run unpadded, and ``streamer build
+        --batch N`` builds the very engine that ``streamer run --batch N`` looks up."""
+        return cls(batch=batch, dynamic_batch=dynamic or batch > 1, **fields)
 
 
 def resolve_device_name(device: str) -> str:
@@ -100,10 +111,60 @@ def restore_torch_threads(threads: int | None = None) -> None:
         torch.set_num_threads(_DEFAULT_TORCH_THREADS)
 
 
+class LoadProgress(Protocol):
+    """Called during :meth:`Backend.load` as an engine is built: (phase name, steps done, steps in phase).
+
+    TensorRT calls it from its builder threads; it must be quick and must not raise.
+    """
+
+    def __call__(self, phase: str, done: int, total: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The file a backend's network was loaded from or built into, as the store keeps it."""
+
+    kind: "Kind"
+    """The store's kind: ``tensorrt engine``, ``torch2trt module`` or ``onnx export``."""
+    path: Path
+    size_bytes: int
+    sha256: str
+    built: bool
+    """True when this load built (or exported) it, False when it came from the cache."""
+    build_seconds: float | None
+    """Builder time when built, else None."""
+    device_memory_bytes: int | None = None
+    """Device memory one execution context needs, as the runtime reports it (TensorRT), else None."""
+
+    @classmethod
+    def from_cache(cls, result: "CacheResult[Any]", device_memory_bytes: int | None = None) -> "Artifact":
+        return cls(
+            kind=result.kind,
+            path=result.paths.payload,
+            size_bytes=result.size_bytes,
+            sha256=result.sha256,
+            built=result.built,
+            build_seconds=result.build_seconds,
+            device_memory_bytes=device_memory_bytes,
+        )
+
+
 class Backend(ABC):
-    """Runs one model on one device at one precision."""
+    """Runs one model on one device at one precision.
+
+    After :meth:`load`, :attr:`artifact` describes the cached file the network came
+    from (None for a backend that has none, such as eager PyTorch); it is kept
+    after :meth:`close`, as a record of the last load.
+    """
 
     name: ClassVar[str] = "base"
+
+    @classmethod
+    def unsupported(cls, options: BackendOptions) -> str | None:
+        """Why this backend cannot run ``options`` at all (one line), found without importing or loading
+        anything; None when it may.  :meth:`load` raises it as a :class:`ConfigError`; the bench skips
+        such a case before starting it."""
+        return None
 
     def __init__(self, spec: ModelSpec, weights: WeightsChoice, options: BackendOptions | None = None) -> None:
         self.spec = spec
@@ -112,6 +173,8 @@ class Backend(ABC):
         self.device = resolve_device_name(self.options.device)
         self.load_seconds: float | None = None
         self.ready_seconds: float | None = None
+        self.artifact: Artifact | None = None
+        self._progress: LoadProgress | None = None
         self._loaded = False
         self._staging: PinnedStaging | None = None
 
@@ -128,14 +191,24 @@ class Backend(ABC):
     def description(self) -> str:
         return f"{self.spec.name} | {self.name} {self.precision} {self.device}"
 
-    def load(self, warmup: bool = True) -> "Backend":
+    @property
+    def batch_bounds(self) -> tuple[int, int]:
+        """(smallest, largest) batch :meth:`infer` takes: 1 to ``options.batch`` (a static engine pads)."""
+        return 1, self.options.batch
+
+    def load(self, warmup: bool = True, progress: LoadProgress | None = None) -> "Backend":
         """Build or load the engine, then warm it up. Idempotent.
 
         ``load_seconds`` covers building/loading only (the lab's "load time");
-        ``ready_seconds`` adds the first warm-up inference.
+        ``ready_seconds`` adds the first warm-up inference.  ``progress`` receives
+        build phases where the backend reports them (TensorRT); by default they
+        are logged.
         """
         if self._loaded:
             return self
+        reason = self.unsupported(self.options)
+        if reason is not None:
+            raise ConfigError(reason)
         if self.device.startswith("cuda"):
             import torch
 
@@ -160,6 +233,8 @@ class Backend(ABC):
             _remember_torch_threads()
             torch.set_num_threads(1)
         start = time.perf_counter()
+        self.artifact = None  # set again by a load that succeeds
+        self._progress = progress
         try:
             self._load_impl()
             self._loaded = True
@@ -172,6 +247,8 @@ class Backend(ABC):
         except Exception as exc:
             self._loaded = False
             raise BackendError(f"{self.name}: load failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._progress = None
         self._synchronize()
         self.ready_seconds = time.perf_counter() - start
         return self
@@ -209,8 +286,12 @@ class Backend(ABC):
         expected = self.spec.preprocess.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise BackendError(f"{self.name}: expected input (N, {', '.join(map(str, expected))}), got {tuple(batch.shape)}")
-        if not 1 <= int(batch.shape[0]) <= self.options.batch:
-            raise BackendError(f"{self.name}: batch of {int(batch.shape[0])} exceeds the loaded maximum {self.options.batch}")
+        n = int(batch.shape[0])
+        low, high = self.batch_bounds
+        if n > high:
+            raise BackendError(f"{self.name}: batch of {n} exceeds the loaded maximum {high}")
+        if n < low:
+            raise BackendError(f"{self.name}: batch of {n} is below the loaded minimum {low}")
         return self._infer_impl(batch)
 
     def close(self) -> None:

@@ -7,10 +7,12 @@ provider (fp32).  ``int8`` is refused: the TensorRT execution provider needs a
 calibration table for a plain (non-QDQ) model, which this backend does not
 make - the ``tensorrt`` backend calibrates from ``--calib-dir``.
 
-The ONNX file comes from :func:`engines.onnx_export.cached_onnx`, so a second
-load skips the export.  The graph has a dynamic batch axis when
-``options.dynamic_batch`` is set or ``options.batch > 1`` (so a smaller last
-batch runs as it is), else a fixed batch of 1.
+The ONNX file comes from the store (:func:`engines.onnx_export.cached_onnx`), so
+a second load skips the export, and a stored export that does not match its
+manifest is exported again.  The graph has a dynamic batch axis when
+``options.dynamic_batch`` is set (see :meth:`BackendOptions.for_batch`), else
+the fixed batch ``options.batch`` (a smaller batch is padded).  The TensorRT
+provider's engine folder is named by the store (:meth:`Store.folder_for`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engines.backends.base import Backend, BackendOptions
+from engines.backends.base import Artifact, Backend, BackendOptions, resolve_device_name
 from engines.errors import BackendError, BackendUnavailable, ConfigError, EngineError
 from engines.models import ModelSpec, WeightsChoice
 from engines.onnx_export import INPUT_NAME as INPUT
@@ -42,15 +44,24 @@ def short_provider_names(providers: tuple[str, ...] | list[str]) -> str:
     return "+".join(p.removesuffix("ExecutionProvider") for p in providers) or "none"
 
 
-def _readable_onnx(path: Path) -> bool:
-    """Whether ``path`` parses as an ONNX model (a damaged cache entry does not)."""
-    from engines.onnx_export import inspect_onnx
-
-    try:
-        inspect_onnx(path)
-    except Exception:  # protobuf's DecodeError, OSError, our EngineError: all mean "unreadable"
-        return False
-    return True
+def _precision_message(precision: str, device: str, gpu_providers: tuple[str, ...]) -> str:
+    if precision == "int8":
+        if TENSORRT_EP in gpu_providers:
+            return (
+                "onnxruntime backend: int8 through the TensorRT execution provider needs a calibration "
+                "table, which this backend does not build; use --backend tensorrt --precision int8 --calib-dir DIR"
+            )
+        return (
+            "onnxruntime backend: int8 needs onnxruntime's TensorRT execution provider on a CUDA device "
+            f"(device {device}; available: {short_provider_names(gpu_providers) if gpu_providers else 'CPU only'}); "
+            "use --backend tensorrt for int8"
+        )
+    if device == "cpu":
+        return "onnxruntime backend: fp16 is not supported by the CPU execution provider; use --precision fp32"
+    return (
+        "onnxruntime backend: fp16 needs onnxruntime's TensorRT execution provider "
+        f"(available: {short_provider_names(gpu_providers) or 'none'}); use --precision fp32 or --backend tensorrt"
+    )
 
 
 class OnnxRuntimeBackend(Backend):
@@ -60,17 +71,24 @@ class OnnxRuntimeBackend(Backend):
     supported_providers: ClassVar[tuple[str, ...]] = (TENSORRT_EP, CUDA_EP, CPU_EP)
     """Execution providers this backend knows how to configure, in order of preference on a GPU."""
 
+    @classmethod
+    def unsupported(cls, options: BackendOptions) -> str | None:
+        if resolve_device_name(options.device) == "cpu" and options.precision != "fp32":
+            return _precision_message(options.precision, "cpu", gpu_providers=())
+        return None
+
     def __init__(self, spec: ModelSpec, weights: WeightsChoice, options: BackendOptions | None = None) -> None:
         super().__init__(spec, weights, options)
-        if self.device == "cpu" and self.precision != "fp32":
-            raise ConfigError(self._precision_message(gpu_providers=()))
+        reason = self.unsupported(self.options)
+        if reason is not None:
+            raise ConfigError(reason)
         self._session: Any = None
         self._providers: tuple[str, ...] = ()
-        self.onnx_path: Path | None = None
-        """The ONNX file the session was loaded from (set by ``load``)."""
-        self.onnx_sha256: str | None = None
-        self.exports_dynamic_batch = self.options.dynamic_batch or self.options.batch > 1
-        """Whether the exported graph has a dynamic batch axis."""
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The ONNX file the session was loaded from (None before ``load``)."""
+        return self.artifact.path if self.artifact is not None else None
 
     # -- what is running ------------------------------------------------------------
     @property
@@ -98,25 +116,6 @@ class OnnxRuntimeBackend(Backend):
         return "cpu" if self.device == "cpu" else self.device
 
     # -- lifecycle ---------------------------------------------------------------
-    def _precision_message(self, gpu_providers: tuple[str, ...]) -> str:
-        if self.precision == "int8":
-            if TENSORRT_EP in gpu_providers:
-                return (
-                    "onnxruntime backend: int8 through the TensorRT execution provider needs a calibration "
-                    "table, which this backend does not build; use --backend tensorrt --precision int8 --calib-dir DIR"
-                )
-            return (
-                "onnxruntime backend: int8 needs onnxruntime's TensorRT execution provider on a CUDA device "
-                f"(device {self.device}; available: {short_provider_names(gpu_providers) if gpu_providers else 'CPU only'}); "
-                "use --backend tensorrt for int8"
-            )
-        if self.device == "cpu":
-            return "onnxruntime backend: fp16 is not supported by the CPU execution provider; use --precision fp32"
-        return (
-            "onnxruntime backend: fp16 needs onnxruntime's TensorRT execution provider "
-            f"(available: {short_provider_names(gpu_providers) or 'none'}); use --precision fp32 or --backend tensorrt"
-        )
-
     def _choose_providers(self, available: list[str]) -> tuple[str, ...]:
         """Execution providers to ask for, best first; raises when the device or precision cannot be served."""
         if self.device == "cpu":
@@ -128,7 +127,7 @@ class OnnxRuntimeBackend(Backend):
                 f"execution provider (available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
             )
         if self.precision == "int8" or (self.precision == "fp16" and TENSORRT_EP not in gpu):
-            raise ConfigError(self._precision_message(gpu))
+            raise ConfigError(_precision_message(self.precision, self.device, gpu))
         return (*gpu, CPU_EP)
 
     def _provider_options(self, providers: tuple[str, ...], onnx_sha: str) -> list[Any]:
@@ -145,13 +144,17 @@ class OnnxRuntimeBackend(Backend):
         return out
 
     def _tensorrt_options(self, index: int, onnx_sha: str) -> dict[str, Any]:
-        from engines.paths import cache_dir, ensure_private_dir
+        from engines.cache import OrtFolderKey, Store
 
-        # One folder per ONNX file, precision and batch range: onnxruntime names its
-        # engine files from the graph, not from the weights or the build settings.
-        root = ensure_private_dir(cache_dir(self.options.cache_dir) / "ort-tensorrt")
-        batch = f"dyn{self.options.batch}" if self.exports_dynamic_batch else f"b{self.options.batch}"
-        engine_dir = ensure_private_dir(root / f"{self.spec.name}-{onnx_sha[:16]}-{self.precision}-{batch}")
+        key = OrtFolderKey(
+            model=self.spec.name,
+            onnx_sha256=onnx_sha,
+            precision=self.precision,
+            batch=self.options.batch,
+            dynamic=self.options.dynamic_batch,
+            workspace_mb=self.options.workspace_mb,
+        )
+        engine_dir = Store(self.options.cache_dir).folder_for(key)
         c, h, w = self.spec.preprocess.input_shape
         options: dict[str, Any] = {
             "device_id": index,
@@ -163,7 +166,7 @@ class OnnxRuntimeBackend(Backend):
         }
         if self.options.workspace_mb is not None:
             options["trt_max_workspace_size"] = self.options.workspace_mb * (1 << 20)
-        if self.exports_dynamic_batch:  # one optimisation profile covering 1..batch
+        if self.options.dynamic_batch:  # one optimisation profile covering 1..batch
             largest = f"{INPUT}:{self.options.batch}x{c}x{h}x{w}"
             options["trt_profile_min_shapes"] = f"{INPUT}:1x{c}x{h}x{w}"
             options["trt_profile_opt_shapes"] = largest
@@ -175,24 +178,16 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailable("onnxruntime backend needs onnxruntime: pip install 'streamer[onnx]'") from exc
-        from engines.onnx_export import cached_onnx, invalidate_cached_onnx
+        from engines.onnx_export import cached_onnx
 
         providers = self._choose_providers(list(ort.get_available_providers()))  # before a long export
-        batch, dynamic, folder = self.options.batch, self.exports_dynamic_batch, self.options.cache_dir
-        path, sha = cached_onnx(self.spec, self.weights, batch, dynamic, cache_dir=folder)
+        options = self.options
+        export = cached_onnx(self.spec, self.weights, options.batch, options.dynamic_batch, cache_dir=options.cache_dir)
+        path = export.value
         try:
-            session = self._make_session(ort, path, self._provider_options(providers, sha))
+            session = self._make_session(ort, path, self._provider_options(providers, export.sha256))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            if _readable_onnx(path):
-                raise EngineError(f"onnxruntime backend: cannot create a session for {path.name}: {exc}") from exc
-            # A damaged cache entry is dropped and exported again, once.
-            log.warning("onnxruntime could not load %s (%s); exporting it again", path.name, exc)
-            invalidate_cached_onnx(path)
-            path, sha = cached_onnx(self.spec, self.weights, batch, dynamic, cache_dir=folder)
-            try:
-                session = self._make_session(ort, path, self._provider_options(providers, sha))
-            except Exception as exc2:
-                raise EngineError(f"onnxruntime backend: cannot create a session for {path.name}: {exc2}") from exc2
+            raise EngineError(f"onnxruntime backend: cannot create a session for {path.name}: {exc}") from exc
         active = tuple(session.get_providers())
         wanted = providers[0]
         if active[:1] != (wanted,):
@@ -208,7 +203,7 @@ class OnnxRuntimeBackend(Backend):
             raise EngineError(f"onnxruntime backend: {path.name} has inputs {inputs} and outputs {outputs}")
         self._session = session
         self._providers = active
-        self.onnx_path, self.onnx_sha256 = path, sha
+        self.artifact = Artifact.from_cache(export)
 
     def _make_session(self, ort: Any, path: Path, providers: list[Any]) -> Any:
         so = ort.SessionOptions()
@@ -230,13 +225,16 @@ class OnnxRuntimeBackend(Backend):
         session = self._session
         if session is None:  # pragma: no cover - guarded by Backend.infer
             raise BackendError("onnxruntime backend: no session")
+        n = int(batch.shape[0])
+        if not self.options.dynamic_batch and n != self.options.batch:  # a fixed graph takes exactly `batch` rows
+            batch = torch.cat([batch, batch.new_zeros((self.options.batch - n, *batch.shape[1:]))])
         if self._providers[0] != CPU_EP and batch.device.type == "cuda":
-            return self._infer_bound(batch)
+            return self._infer_bound(batch)[:n]
         x = batch.detach()
         if x.device.type != "cpu" or x.dtype != torch.float32:
             x = x.to("cpu", torch.float32)
         (logits,) = session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.numpy())})
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))[:n]
 
     def _infer_bound(self, batch: "torch.Tensor") -> "torch.Tensor":
         """GPU providers: bind the torch tensors' device memory, no host round trip."""

@@ -27,34 +27,19 @@ import logging
 import pickle
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from engines.backends.base import Backend, BackendOptions
-from engines.backends.tensorrt_backend import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    trt_dtype_name,
-    cuda_device_info,
-    engine_key,
-    expected_io,
-)
-from engines.cache import (
-    Built,
-    CacheResult,
-    EngineCache,
-    InvalidEntry,
-    Loaded,
-    TensorSpec,
-    calibration_images,
-    calibration_set_sha256,
-)
-from engines.errors import BackendError, BackendUnavailable, ConfigError, EngineError
+from engines.backends.base import Artifact, Backend, BackendOptions, resolve_device_name
+from engines.backends.tensorrt.calibrator import CalibrationImages, calibration_images, calibration_set_sha256
+from engines.backends.tensorrt.key import engine_key, expected_io
+from engines.backends.tensorrt.util import cuda_device_info, engine_device_memory_bytes, engine_io, tensorrt_info
+from engines.cache import Built, InvalidEntry, Loaded, Store
+from engines.errors import BackendError, BackendUnavailable, EngineError
 from engines.models import ModelSpec, WeightsChoice, build_model
+from engines.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     import torch
-
-    from engines.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,33 +80,11 @@ def read_trtmodule_state(data: bytes) -> dict[str, Any]:
     return dict(state)
 
 
-def _engine_io(engine: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """I/O tensors of the engine inside a TRTModule (TensorRT >= 8.5 tensor API or the binding API)."""
-    inputs: list[TensorSpec] = []
-    outputs: list[TensorSpec] = []
-    if hasattr(engine, "num_io_tensors"):
-        import tensorrt as trt
-
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            dims = engine.get_tensor_shape(name)
-            spec = TensorSpec(name, tuple(int(d) for d in dims), trt_dtype_name(engine.get_tensor_dtype(name)))
-            (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
-    else:
-        for i in range(engine.num_bindings):
-            dims = engine.get_binding_shape(i)
-            spec = TensorSpec(
-                engine.get_binding_name(i), tuple(int(d) for d in dims), trt_dtype_name(engine.get_binding_dtype(i))
-            )
-            (inputs if engine.binding_is_input(i) else outputs).append(spec)
-    return tuple(inputs), tuple(outputs)
-
-
-def load_trtmodule(data: bytes) -> Loaded[Any]:
-    """A fresh ``TRTModule`` with the stored state; :class:`InvalidEntry` if the engine does not load."""
+def load_trtmodule(path: Path) -> Loaded[Any]:
+    """A fresh ``TRTModule`` with the verified stored state; :class:`InvalidEntry` if the engine does not load."""
     from torch2trt import TRTModule
 
-    state = read_trtmodule_state(data)
+    state = read_trtmodule_state(path.read_bytes())
     module = TRTModule()
     try:
         module.load_state_dict(state)
@@ -129,31 +92,8 @@ def load_trtmodule(data: bytes) -> Loaded[Any]:
         raise InvalidEntry(f"TensorRT could not deserialize the TRTModule's engine ({type(exc).__name__}: {exc})") from exc
     if getattr(module, "engine", None) is None:
         raise InvalidEntry("TensorRT could not deserialize the TRTModule's engine")
-    inputs, outputs = _engine_io(module.engine)
+    inputs, outputs = engine_io(module.engine, tensorrt_info().tensor_api)
     return Loaded(module, inputs, outputs)
-
-
-class _CalibrationImages:
-    """int8_calib_dataset for torch2trt: item i is ``[image_i]``, preprocessed, (3, H, W) on the GPU."""
-
-    def __init__(self, images: Sequence[Path], spec: "PreprocessSpec", device: str) -> None:
-        self.images = list(images)
-        self.spec = spec
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> list["torch.Tensor"]:
-        import cv2
-        import torch
-
-        from engines.preprocess import preprocess
-
-        frame = cv2.imread(str(self.images[index]), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise EngineError(f"int8 calibration: cannot read image {self.images[index]}")
-        return [preprocess([frame], self.spec, self.device, torch.float32)[0]]
 
 
 def _torch2trt_version(module: Any) -> str:
@@ -170,9 +110,16 @@ class Torch2TRTBackend(Backend):
 
     name = "torch2trt"
 
+    @classmethod
+    def unsupported(cls, options: BackendOptions) -> str | None:
+        if resolve_device_name(options.device) == "cpu":
+            return "torch2trt backend needs a CUDA GPU"
+        if options.precision == "int8" and options.calib_dir is None:
+            return "torch2trt int8 needs calibration images: pass --calib DIR"
+        return None
+
     def __init__(self, spec: ModelSpec, weights: WeightsChoice, options: BackendOptions | None = None) -> None:
         super().__init__(spec, weights, options)
-        self.cache_result: CacheResult[Any] | None = None
         self._module: Any = None
         self._static_batch = True
         self._trt_version = ""
@@ -185,22 +132,17 @@ class Torch2TRTBackend(Backend):
     def _load_impl(self) -> None:
         import torch
 
-        if not self.device.startswith("cuda"):
-            raise BackendUnavailable("torch2trt backend needs a CUDA GPU")
         try:
             t2t = importlib.import_module("torch2trt")
-            import tensorrt as trt
         except ImportError as exc:
             raise BackendUnavailable(f"torch2trt backend: {exc}; install TensorRT and torch2trt") from exc
         options = self.options
-        if options.precision == "int8" and options.calib_dir is None:
-            raise ConfigError("torch2trt int8 needs calibration images: pass --calib DIR")
         dynamic = options.dynamic_batch and "min_shapes" in inspect.signature(t2t.torch2trt).parameters
         if options.dynamic_batch and not dynamic:
             log.info("torch2trt: this version has no min/max shapes; building batch %d and padding", options.batch)
         options = replace(options, dynamic_batch=dynamic)
         self._static_batch = not dynamic
-        self._trt_version = str(trt.__version__)
+        self._trt_version = tensorrt_info().version
         device = cuda_device_info(self.device)
         torch.cuda.set_device(self.device)
 
@@ -222,10 +164,10 @@ class Torch2TRTBackend(Backend):
         def build() -> Built:
             return self._convert(t2t, model.module, options, dynamic)
 
-        result = EngineCache(options.cache_dir).get_or_build(key, build, load_trtmodule, inputs, outputs)
+        result = Store(options.cache_dir).get_or_build(key, build, load_trtmodule, inputs, outputs)
         del model
-        self.cache_result = result
         self._module = result.value
+        self.artifact = Artifact.from_cache(result, engine_device_memory_bytes(result.value.engine))
 
     def _convert(self, t2t: Any, module: "torch.nn.Module", options: BackendOptions, dynamic: bool) -> Built:
         import torch
@@ -247,7 +189,7 @@ class Torch2TRTBackend(Backend):
             )
         if options.precision == "int8":
             assert options.calib_dir is not None
-            kwargs["int8_calib_dataset"] = _CalibrationImages(
+            kwargs["int8_calib_dataset"] = CalibrationImages(
                 calibration_images(options.calib_dir), self.spec.preprocess, self.device
             )
             kwargs["int8_calib_batch_size"] = options.batch
@@ -258,7 +200,7 @@ class Torch2TRTBackend(Backend):
             raise EngineError("torch2trt did not produce an engine (see the TensorRT log above)")
         buffer = io.BytesIO()
         torch.save(dict(trt_module.state_dict()), buffer)
-        inputs, outputs = _engine_io(trt_module.engine)
+        inputs, outputs = engine_io(trt_module.engine, tensorrt_info().tensor_api)
         return Built(buffer.getvalue(), inputs, outputs)
 
     def _infer_impl(self, batch: "torch.Tensor") -> "torch.Tensor":

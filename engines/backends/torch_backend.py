@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engines.backends.base import Backend, restore_torch_threads
-from engines.errors import BackendError, ConfigError
+from engines.backends.base import Backend, BackendOptions, resolve_device_name, restore_torch_threads
+from engines.errors import BackendError
 from engines.models import build_model
 
 if TYPE_CHECKING:
@@ -18,15 +18,20 @@ class TorchBackend(Backend):
     name = "torch"
     computes_with_torch = True
 
+    @classmethod
+    def unsupported(cls, options: BackendOptions) -> str | None:
+        cpu = resolve_device_name(options.device) == "cpu"
+        if options.precision == "int8":
+            return "torch backend: int8 is not supported; use tensorrt or torch2trt"
+        if options.precision == "fp16" and cpu:
+            return "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
+        if options.cuda_graphs and cpu:
+            return "torch backend: --cuda-graphs needs a CUDA device"
+        return None
+
     def _load_impl(self) -> None:
         import torch
 
-        if self.precision == "int8":
-            raise ConfigError("torch backend: int8 is not supported; use tensorrt or torch2trt")
-        if self.precision == "fp16" and self.device == "cpu":
-            raise ConfigError("torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)")
-        if self.options.cuda_graphs and self.device == "cpu":
-            raise ConfigError("torch backend: --cuda-graphs needs a CUDA device")
         if self.device == "cpu":
             restore_torch_threads(self.options.threads)
         self.model = build_model(self.spec, self.weights)

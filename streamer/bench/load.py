@@ -20,10 +20,8 @@ import gc
 import time
 from typing import Any, Callable
 
-from engines.backends.base import Backend
+from engines.backends.base import Backend, LoadProgress
 from streamer.bench.memory import MemorySampler, engine_info
-
-ProgressFn = Callable[[str, int, int], None]
 
 
 def init_cuda_context(device: str) -> float:
@@ -51,16 +49,14 @@ def _release(backend: Backend) -> None:
 def measure_loads(
     make_backend: Callable[[], Backend],
     sampler: MemorySampler | None = None,
-    progress: ProgressFn | None = None,
+    progress: LoadProgress | None = None,
 ) -> tuple[dict[str, Any], Backend]:
     """Cold load, release, warm load. Returns the figures and the warm (loaded) backend."""
     out: dict[str, Any] = {}
     if sampler is not None:
         sampler.phase("cold_load")
     cold = make_backend()
-    if progress is not None and hasattr(cold, "progress"):
-        cold.progress = progress  # TensorRT build phases, where the backend reports them
-    cold.load()
+    cold.load(progress=progress)  # TensorRT build phases, where the backend reports them
     out["cold_s"] = cold.load_seconds
     out["cold_ready_s"] = cold.ready_seconds
     cold_info = engine_info(cold)

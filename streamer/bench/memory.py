@@ -29,7 +29,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from engines.backends.base import Backend
 
 MB = 1024.0 * 1024.0
 
@@ -276,53 +279,16 @@ def dir_size_bytes(path: Path | None) -> int | None:
     return total
 
 
-def _engine_device_memory(engine: Any) -> int | None:
-    """``device_memory_size_v2`` (TensorRT 10+), else ``device_memory_size``, of an engine-like object."""
-    for attr in ("device_memory_size_v2", "device_memory_size"):
-        try:
-            value = getattr(engine, attr, None)
-        except Exception:  # noqa: BLE001 - deprecated properties may raise
-            value = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def engine_info(backend: Any) -> dict[str, Any]:
-    """What a backend exposes about its engine, read with getattr (None where it says nothing).
-
-    The engine file is ``cache_result.paths.payload``, else the public ``engine_path``
-    (TensorRTBackend), else ``onnx_path`` (onnxruntime).  The device memory is the
-    public ``device_memory_bytes`` (TensorRTBackend); a backend without it is probed
-    for an engine-like object (``engine``, or ``_engine.engine`` as older test doubles
-    hold it) with ``device_memory_size_v2`` / ``device_memory_size``.
-    """
-    out: dict[str, Any] = {"engine_file_bytes": None, "engine_file": None, "trt_device_memory_bytes": None, "cache_hit": None, "engine_build_s": None}
-    result = getattr(backend, "cache_result", None)
-    payload = (
-        getattr(getattr(result, "paths", None), "payload", None)
-        or getattr(backend, "engine_path", None)
-        or getattr(backend, "onnx_path", None)  # onnxruntime: the ONNX file its session loads
-    )
-    if payload is not None:
-        try:
-            out["engine_file_bytes"] = Path(payload).stat().st_size
-            out["engine_file"] = Path(payload).name
-        except OSError:
-            pass
-    built = getattr(result, "built", None)
-    if isinstance(built, bool):
-        out["cache_hit"] = not built
-    build_s = getattr(result, "build_seconds", None)
-    if isinstance(build_s, (int, float)):
-        out["engine_build_s"] = float(build_s)
-    explicit = getattr(backend, "device_memory_bytes", None)
-    if isinstance(explicit, int) and not isinstance(explicit, bool):
-        out["trt_device_memory_bytes"] = explicit
-    else:
-        for engine in (getattr(backend, "engine", None), getattr(getattr(backend, "_engine", None), "engine", None)):
-            if engine is not None:
-                out["trt_device_memory_bytes"] = _engine_device_memory(engine)
-                if out["trt_device_memory_bytes"] is not None:
-                    break
-    return out
+def engine_info(backend: Backend) -> dict[str, Any]:
+    """What a loaded backend's :attr:`~engines.backends.base.Backend.artifact` says about its engine
+    (None where it has none: eager PyTorch)."""
+    artifact = backend.artifact
+    if artifact is None:
+        return {"engine_file_bytes": None, "engine_file": None, "trt_device_memory_bytes": None, "cache_hit": None, "engine_build_s": None}
+    return {
+        "engine_file_bytes": artifact.size_bytes,
+        "engine_file": artifact.path.name,
+        "trt_device_memory_bytes": artifact.device_memory_bytes,
+        "cache_hit": not artifact.built,
+        "engine_build_s": artifact.build_seconds,
+    }

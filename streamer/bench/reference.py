@@ -202,13 +202,8 @@ def pipeline_folder(
     paths = image_paths(folder)
     batch = max(1, min(int(config["batch"]), len(paths)))
     config["batch"] = batch
-    options = BackendOptions(
-        device=device,
-        threads=threads,
-        precision=config["precision"],
-        batch=batch,
-        dynamic_batch=batch > 1,
-        cuda_graphs=bool(config["cuda_graphs"]),
+    options = BackendOptions.for_batch(
+        batch, device=device, threads=threads, precision=config["precision"], cuda_graphs=bool(config["cuda_graphs"])
     )
     backend = create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)
     backend.load()

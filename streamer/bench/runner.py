@@ -76,11 +76,12 @@ def publish(report: dict[str, Any], work: Path, report_dir: Path, overwrite: boo
     shutil.copyfile(work / "bench.log", report_dir / "bench.log")
 
 
-def precheck(case: Case) -> tuple[str, str] | None:
+def precheck(case: Case, calib_dir: Path | None = None) -> tuple[str, str] | None:
     """("skipped" | "failed", reason) when this case cannot run, found without starting it (None: try it).
 
     A backend whose packages are installed but whose module does not import is
-    a failure (our code is broken), not a skip.
+    a failure (our code is broken), not a skip.  What the backend refuses for the
+    case's options is its own :meth:`~engines.backends.base.Backend.unsupported`.
     """
     from engines.backends import backend_class, backend_installed
     from engines.errors import BackendUnavailable
@@ -96,21 +97,19 @@ def precheck(case: Case) -> tuple[str, str] | None:
         backend_class(case.backend)
     except ImportError as exc:
         return "failed", f"backend {case.backend!r}: its module does not import ({type(exc).__name__}: {exc})"
-    cpu = case.device == "cpu"
-    if cpu and case.backend in ("tensorrt", "torch2trt"):
-        return skip, f"{case.backend} needs a CUDA GPU"
-    if not cpu:
+    if case.device != "cpu":
         import torch
 
         if not torch.cuda.is_available():
             return skip, f"device {case.device} requested but CUDA is not available"
-    if case.backend == "torch":
-        if case.precision == "int8":
-            return skip, "torch backend: int8 is not supported (use tensorrt or torch2trt)"
-        if cpu and case.precision == "fp16":
-            return skip, "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
-        if cpu and "cuda_graphs" in case.variant:
-            return skip, "CUDA graphs need a CUDA device"
+    from engines.backends.base import BackendOptions
+
+    options = BackendOptions.for_batch(
+        case.batch, device=case.device, precision=case.precision, calib_dir=calib_dir, **case.option_fields()
+    )
+    reason = backend_class(case.backend).unsupported(options)
+    if reason is not None:
+        return skip, reason
     return None
 
 
@@ -214,7 +213,7 @@ def plan(
         )
     cache_root = config.cache_dir if config.cache_dir is not None else work / "cache"
     for case in config.cases():
-        reason = precheck(case)
+        reason = precheck(case, config.calib_dir)
         if reason is not None:
             skipped.append((case, reason))
             continue

@@ -95,11 +95,10 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     sampler = MemorySampler(probe, torch_device=device if cuda else None).start()
     cache_dir = Path(job["cache_dir"]) if job.get("cache_dir") else None
     cache_was_empty = cache_dir is None or not cache_dir.exists() or not any(cache_dir.iterdir())
-    options = BackendOptions(
+    options = BackendOptions.for_batch(
+        job["batch"],
         device=device,
         precision=job["precision"],
-        batch=job["batch"],
-        dynamic_batch=job["batch"] > 1,
         cache_dir=cache_dir,
         workspace_mb=job.get("workspace_mb"),
         calib_dir=Path(job["calib_dir"]) if job.get("calib_dir") else None,

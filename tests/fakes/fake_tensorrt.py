@@ -1,7 +1,7 @@
 """FakeTensorRT: a TEST DOUBLE of the ``tensorrt`` module.  It is not TensorRT.
 
 It implements just enough of TensorRT's Python API for the engine cache and
-the build/load orchestration in ``engines/backends/tensorrt_backend.py`` to run
+the build/load orchestration in ``engines/backends/tensorrt/`` to run
 on a machine without a GPU:
 
 * ``OnnxParser`` really parses the ONNX bytes (with the ``onnx`` package) to
