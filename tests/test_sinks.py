@@ -11,7 +11,7 @@ import pytest
 
 from engines.errors import ConfigError, SinkError
 from helpers import FailingVideoSink, files_in, read_frames, read_stamp
-from streamer.pipeline import PredictionsWriter
+from streamer.sinks import PredictionsWriter
 from streamer.sinks import ImageFolderSink, NullSink, ThreadedSink, VideoFileSink, make_sink
 
 
