@@ -93,13 +93,13 @@ def main() -> None:
         backend_name, precision, batch_text, *flags = cfg.split(":")
         batch = int(batch_text)
         options = BackendOptions(device=args.device, precision=precision, batch=batch, dynamic_batch=batch > 1, cuda_graphs="graph" in flags)  # type: ignore[arg-type]
-        backend = create_backend(backend_name, spec, WeightsChoice.parse(args.weights), options)
+        weights = WeightsChoice.parse(args.weights)
         source = open_source(str(clip), SourceOptions())
         out = tmp / f"out-{cfg.replace(':', '_')}.mp4"
         sink = NullSink() if args.null_sink else VideoFileSink(out, overwrite=True)
-        sink.open(source.frame_size, source.fps)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        summary = Pipeline(source, sink, lambda b=backend: b, PipelineConfig(batch=batch, queue_size=max(8, 2 * batch))).run()
+        recipe = lambda n=backend_name, o=options: create_backend(n, spec, weights, o)  # noqa: E731
+        summary = Pipeline(source, sink, recipe, PipelineConfig(batch=batch, queue_size=max(8, 2 * batch))).run()
         wall = time.perf_counter() - t0
         steady = summary.pipeline_fps or 0.0
         row = {
