@@ -454,7 +454,8 @@ class Pipeline:
             raise
 
     def _abort_outputs(self) -> None:
-        for output in (self.sink, *self.observers):
+        outputs: list[Sink | ResultSink] = [self.sink, *self.observers]
+        for output in outputs:
             try:
                 output.abort()
             except Exception as exc:  # noqa: BLE001 - keep aborting the others
