@@ -421,3 +421,77 @@ def test_stage_times_split_batches_and_latency_stats() -> None:
     assert stats.p50_ms == pytest.approx(505.0, rel=0.02)  # histogram buckets: within 1% of a sample at that rank
     assert stats.p95_ms < stats.p99_ms < stats.max_ms
     assert LatencyStats.of([]) is None
+
+
+# -- one inference worker for several runs ----------------------------------------------------------
+class _ThreadRecordingBackend(FakeBackend):
+    """Records the thread of every load, preprocess and inference call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+        self.loads = 0
+
+    def _load_impl(self) -> None:
+        import threading
+
+        self.loads += 1
+        self.threads.add(threading.current_thread().name)
+
+    def _infer_impl(self, batch):  # type: ignore[no-untyped-def]
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        return super()._infer_impl(batch)
+
+
+def test_one_worker_serves_several_runs_on_one_thread(tmp_path: Path, short_clip: Path) -> None:
+    """The worker loads once, on its own thread, and outlives the pipelines it is handed; its owner closes it."""
+    from streamer.inference import InferenceWorker
+
+    backend = _ThreadRecordingBackend()
+    with InferenceWorker(lambda: backend) as worker:
+        info = worker.wait_loaded()
+        assert info.description == backend.description
+        for run in range(3):
+            predictions = PredictionsWriter(tmp_path / f"pred{run}.jsonl")
+            summary = Pipeline(open_source(str(short_clip)), NullSink(), worker, PipelineConfig(), observers=[predictions]).run()
+            assert summary.frames_out == len(read_jsonl(tmp_path / f"pred{run}.jsonl")) > 0
+            assert summary.backend == info.description and summary.stages["inference"]["count"] == summary.frames_out
+            assert backend.is_loaded and worker.alive, "a pipeline does not close a worker it was handed"
+        assert backend.loads == 1 and backend.threads == {"inference"}
+        assert worker.call(lambda b: b.infer_calls).result() == 3 * summary.frames_out
+    assert backend.closed and not worker.alive
+
+
+def test_worker_batches_requests_from_several_callers_up_to_max_batch(sample_images: Path) -> None:
+    """With ``max_batch``, requests waiting together run as one batch and each caller gets its own predictions."""
+    from streamer.inference import InferenceWorker
+
+    images = [cv2.imread(str(p)) for p in sorted(sample_images.glob("*.jpg"))[:4]]
+    alone = InferenceWorker(FakeBackend).start()
+    expected = [alone.submit([image]).result(30).predictions[0] for image in images]
+    alone.close()
+    backend = FakeBackend()
+    worker = InferenceWorker(lambda: backend, max_batch=4, max_wait_s=5.0)
+    worker.wait_loaded()
+    gate = worker.call(lambda b: time.sleep(0.5))  # hold the thread so the four requests queue up behind it
+    futures = [worker.submit([image]) for image in images]
+    gate.result(30)
+    results = [f.result(30) for f in futures]
+    worker.close()
+    assert [r.predictions[0].indices for r in results] == [p.indices for p in expected]
+    assert {r.batch_size for r in results} == {4} and backend.infer_calls == 1
+
+
+def test_a_closed_worker_refuses_work_and_a_run_on_it_fails_cleanly(tmp_path: Path, short_clip: Path) -> None:
+    from streamer.inference import InferenceWorker
+
+    worker = InferenceWorker(FakeBackend).start()
+    worker.wait_loaded()
+    assert worker.close(5)
+    with pytest.raises(PipelineError):
+        worker.submit([])
+    sink, predictions = _outputs(tmp_path)
+    error = _assert_fails_cleanly(Pipeline(open_source(str(short_clip)), sink, worker, PipelineConfig(), observers=[predictions]), tmp_path, PipelineError)
+    assert "closed" in str(error)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="also write the annotated video here (default: no file; the frames are drawn and dropped)")
     args = parser.parse_args(argv)
 
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     from engines.backends import create_backend
     from engines.backends.base import BackendOptions
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     options = BackendOptions(device=args.device, precision=args.precision)
     worker = InferenceWorker(lambda: create_backend(args.backend, spec, weights, options)).start()
     info = worker.wait_loaded()
-    source = LoopingReplay(args.source, args.fps).open()
+    source = LoopingReplay(args.source, args.fps)
+    source.open()
     sink = make_sink(str(args.output), False, overwrite=True) if args.output else NullSink()
     config = PipelineConfig(max_frames=max(1, round(seconds * args.fps)), reconnect_timeout_s=0)
     pipeline = Pipeline(source, sink, worker, config)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(asdict(s) for s in samples)
         (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    growth = result["rss_mb"]["growth_after_warmup"]  # type: ignore[index]
+    growth = result["rss_mb"]["growth_after_warmup"]
     print(
         f"soak: {summary.frames_out} frames labelled of {summary.frames_in} read ({summary.dropped} dropped), "
         f"{source.loops} loops; RSS {samples[0].rss_mb:.0f} -> {samples[-1].rss_mb:.0f} MB"
