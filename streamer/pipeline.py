@@ -408,15 +408,23 @@ class Pipeline:
         summary.interrupted = interrupted
         if isinstance(self._q_in, LatestSlot):
             summary.dropped = self._q_in.dropped + summary.stale
-        written = self.sink.write_times
-        if written is not None:
-            self.times.merge("write", written)
-        summary.stages = self.times.summary()
         summary.latency = LatencyStats.of(self.latency)
         out = summary.frames_out
         if out >= 2 and summary.first_frame_s is not None:
             span = summary.elapsed_s - summary.first_frame_s
             summary.pipeline_fps = (out - 1) / span if span > 0 else None
+        try:
+            self._keep_or_discard(interrupted)
+        finally:
+            written = self.sink.write_times  # complete now: finalising drained a writer thread
+            if written is not None:
+                self.times.merge("write", written)
+            summary.stages = self.times.summary()
+        return summary
+
+    def _keep_or_discard(self, interrupted: bool) -> None:
+        """Finalise or abort the outputs; raise the run's error (or KeyboardInterrupt) if it had one."""
+        out = self.summary.frames_out
         if self._errors and not interrupted:
             error = self._errors[0]
             if isinstance(error, (SourceLost, ModelHung)) and out > 0:
@@ -433,7 +441,6 @@ class Pipeline:
         self._finalize_outputs()
         if interrupted:
             raise KeyboardInterrupt
-        return summary
 
     @property
     def threads_alive(self) -> bool:
