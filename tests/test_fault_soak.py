@@ -30,6 +30,7 @@ FPS = 15.0
 WARMUP_S = min(20.0, SOAK_S / 3)
 RSS_GROWTH_MB = 50.0
 LATENCY_SLACK_MS = 50.0
+SHUTDOWN_S = 6.0
 
 
 @pytest.mark.slow
@@ -48,7 +49,10 @@ def test_soak_memory_threads_and_latency_stay_flat(tmp_path: Path) -> None:
     assert code == 0, proc.stderr
     assert ended - started >= SOAK_S * 0.9, "the soak ended early"
 
-    steady = sampler.between(started + WARMUP_S, ended - 3.0)  # the last seconds are shutdown
+    # The last seconds are shutdown: the capture thread ends at --max-frames about 2 s before the process
+    # exits (finalising, which counts the frames on disk), measured on main and on this code alike; on a
+    # loaded machine it took over 3 s (a thread count of 9 then 8 in the last two samples), so leave 6.
+    steady = sampler.between(started + WARMUP_S, ended - SHUTDOWN_S)
     assert len(steady) >= 10, sampler.samples
     base = steady[0]
     growth_mb = (max(s.rss for s in steady) - base.rss) / 2**20
