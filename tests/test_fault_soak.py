@@ -77,16 +77,19 @@ def test_soak_memory_threads_and_latency_stay_flat(tmp_path: Path) -> None:
 
 SHORT_SOAK_S = 60.0
 SHORT_WARMUP_S = 20.0
-SHORT_RSS_GROWTH_MB = 10.0
-"""Measured +6.5 MB over the 40 s after warm-up on the shared 2-core machine (torch's and glibc's pools
-settling); a per-frame list kept at 30 FPS would not show in that, so the stats' own size is checked exactly."""
+SHORT_RSS_GROWTH_MB = 8.0
+"""Bound on the median RSS of the last third of the 40 s after warm-up minus that of the first third.
+Measured +2.6 MB on the shared, loaded 2-core machine (its maximum, a few decoded frames in flight, moves
+more: +6 to +14 MB). A per-frame list at 30 FPS (0.4 MB a minute) would not show in a minute, so the
+statistics' own size is checked exactly as well."""
 
 
 @pytest.mark.slow
 def test_short_soak_with_the_soak_tool_keeps_memory_and_statistics_bounded(tmp_path: Path) -> None:
     """``tools/soak.py`` for a minute: a 30 FPS looping replay through the real Pipeline and model, in
     its own process. The per-frame statistics hold the same bytes from the warm-up to the end however
-    many frames pass, and resident memory after the warm-up grows by less than SHORT_RSS_GROWTH_MB."""
+    many frames pass, and resident memory after the warm-up grows by less than SHORT_RSS_GROWTH_MB
+    (medians of the first and last thirds)."""
     import subprocess
     import sys
 
@@ -104,7 +107,7 @@ def test_short_soak_with_the_soak_tool_keeps_memory_and_statistics_bounded(tmp_p
     assert result["frames_in"] == int(SHORT_SOAK_S * 30) and result["frames_out"] > 0
     assert len(result["stats_bytes"]) == 1, f"the statistics grew with the frames: {result['stats_bytes']}"
     assert result["stats_bytes"][0] < 200_000
-    growth = result["rss_mb"]["growth_after_warmup"]
+    growth = result["rss_mb"]["median_growth_after_warmup"]
     assert growth is not None and growth < SHORT_RSS_GROWTH_MB, result["rss_mb"]
     assert result["rss_slope_mb_per_hour"] is not None
     print(
