@@ -7,12 +7,13 @@ leaves a broken file under the name the user asked for.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import numpy as np
 
@@ -21,6 +22,10 @@ from engines.paths import fsync_file
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    from engines.backends.base import Prediction
+    from streamer.sources import Frame
+    from streamer.stats import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,91 @@ class Sink(ABC):
     @property
     def description(self) -> str:
         return type(self).__name__
+
+    @property
+    def write_times(self) -> "Histogram | None":
+        """Seconds per ``inner.write``, if this sink times its own writes (on its own thread); else None."""
+        return None
+
+
+class ResultSink(Protocol):
+    """Receives every labelled frame after it was written (predictions file, progress bar, the bench's recorder).
+
+    The run that is handed one owns it: it calls ``finalize`` when the run's
+    outputs are kept (success, Ctrl-C, a lost camera) and ``abort`` when they
+    are discarded, exactly once.
+    """
+
+    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None: ...
+
+    def finalize(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class PredictionsWriter:
+    """A :class:`ResultSink`: one JSON object per frame to a temporary file, renamed on finalize."""
+
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
+        check_output_path(path, overwrite)
+        self.path = path
+        self.overwrite = overwrite
+        self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        self._fh: "TextIO | None" = None
+        """Opened on the first write (or an empty finalize): nothing is on disk before the run writes."""
+        self._done = False
+
+    def _file(self) -> "TextIO":
+        if self._fh is None:
+            if self._done:
+                raise SinkError(f"{self.path}: predictions already finalised or discarded")
+            check_output_path(self.path, self.overwrite)
+            try:
+                self._fh = open(self.temp_path, "w", encoding="utf-8")
+            except OSError as exc:
+                raise SinkError(f"{self.path}: cannot write predictions ({exc.strerror})") from exc
+        return self._fh
+
+    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
+        fh = self._file()
+        record = {
+            "frame": frame.index,
+            "source": frame.name,
+            "topk": prediction.as_json(),
+            "latency_ms": round(latency_ms, 3),
+        }
+        try:
+            fh.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise SinkError(f"{self.path}: write failed ({exc.strerror})") from exc
+
+    def finalize(self) -> None:
+        if self._done:
+            return
+        fh = self._file()  # a run that labelled nothing still leaves an (empty) file
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        except OSError as exc:
+            self.abort()
+            raise SinkError(f"{self.path}: write failed ({exc.strerror or exc}); predictions discarded") from exc
+        self._done = True
+        os.replace(self.temp_path, self.path)
+
+    def abort(self) -> None:
+        self._done = True
+        if self._fh is None:
+            return
+        try:
+            self.temp_path.unlink()  # first: closing may fail (a full disk flushes on close)
+        except FileNotFoundError:
+            pass
+        if not self._fh.closed:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
 
 
 def check_output_path(path: Path, overwrite: bool) -> None:
@@ -597,6 +687,11 @@ class TeeSink(Sink):
     def stop_requested(self) -> bool:
         return any(s.stop_requested for s in self.sinks)
 
+    @property
+    def write_times(self) -> "Histogram | None":
+        """The first inner sink's own timing (the file writer; a window's writes are not timed then)."""
+        return next((t for t in (s.write_times for s in self.sinks) if t is not None), None)
+
 
 class ThreadedSink(Sink):
     """Runs another sink's writes on a writer thread, behind a bounded queue.
@@ -604,14 +699,18 @@ class ThreadedSink(Sink):
     Encoding is the slowest CPU stage of file mode (about 6 ms per 720p frame
     with mp4v); on its own thread it overlaps with drawing the next frame.
     Frames are written in order; a write error is raised by the next call.
+    It times each inner write on the writer thread (:attr:`write_times`).
     """
 
-    def __init__(self, inner: Sink, queue_size: int = 16, on_write: "Callable[[float], None] | None" = None) -> None:
+    def __init__(self, inner: Sink, queue_size: int = 16) -> None:
         import queue
         import threading
 
+        from streamer.stats import Histogram
+
         self.inner = inner
-        self.on_write = on_write
+        self._write_times = Histogram()
+        self._times_lock = threading.Lock()
         self._queue: "queue.Queue[tuple[np.ndarray, str] | None]" = queue.Queue(queue_size)
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -624,6 +723,12 @@ class ThreadedSink(Sink):
     @property
     def frames_written(self) -> int:
         return int(getattr(self.inner, "frames_written", 0))
+
+    @property
+    def write_times(self) -> "Histogram":
+        """A copy of the seconds each inner write took so far."""
+        with self._times_lock:
+            return self._write_times.copy()
 
     def open(self, frame_size: tuple[int, int], fps: float) -> "ThreadedSink":
         import threading
@@ -651,8 +756,9 @@ class ThreadedSink(Sink):
             try:
                 t0 = time.perf_counter()
                 self.inner.write(*item)
-                if self.on_write is not None:
-                    self.on_write(time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
+                with self._times_lock:
+                    self._write_times.add(seconds)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 self._error = exc
 
