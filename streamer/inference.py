@@ -133,7 +133,7 @@ class InferenceWorker:
     @property
     def loaded(self) -> LoadInfo | None:
         """The load's report, once it succeeded."""
-        if self._loaded.done() and self._loaded.exception() is None:
+        if self._loaded.done() and not self._loaded.cancelled() and self._loaded.exception() is None:
             return self._loaded.result()
         return None
 
@@ -183,7 +183,7 @@ class InferenceWorker:
         if self._closing.is_set():
             raise PipelineError("the inference worker is closed")
         self.start()
-        if self._loaded.done() and self._loaded.exception() is not None:
+        if self._loaded.done() and not self._loaded.cancelled() and self._loaded.exception() is not None:
             raise PipelineError("the inference worker's backend failed to load") from self._loaded.exception()
         self._requests.put(item)
 
@@ -199,9 +199,12 @@ class InferenceWorker:
                 if backend.ready_seconds is not None and backend.load_seconds is not None:
                     self.slowest_batch_s = max(0.0, backend.ready_seconds - backend.load_seconds)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the load
-                self._loaded.set_exception(exc)
+                if self._loaded.set_running_or_notify_cancel():  # else close() cancelled the wait
+                    self._loaded.set_exception(exc)
                 self._cancel_queued(exc)
                 return
+            if not self._loaded.set_running_or_notify_cancel():
+                return  # closed while loading: nobody waits for this backend
             self._loaded.set_result(info)
             self._serve(backend, labels)
         finally:
