@@ -166,6 +166,10 @@ class EngineKey(StoreKey):
     arch: str
     extra: tuple[tuple[str, str], ...] = ()
     """Producer-specific build settings that change the payload, as sorted (name, value) pairs."""
+    gpu_sm_count: int | None = None
+    """Streaming multiprocessors (Jetson Orin modules share a name and compute capability)."""
+    gpu_memory_mb: int | None = None
+    """Total device memory, MiB."""
 
     def __post_init__(self) -> None:
         if self.producer not in PAYLOAD_SUFFIXES:
@@ -196,6 +200,8 @@ class EngineKey(StoreKey):
             "cuda_version": self.cuda_version,
             "gpu_name": self.gpu_name,
             "compute_capability": self.compute_capability,
+            "gpu_sm_count": self.gpu_sm_count,
+            "gpu_memory_mb": self.gpu_memory_mb,
             "os": self.os,
             "arch": self.arch,
             "extra": {k: v for k, v in self.extra},
