@@ -787,6 +787,9 @@ def variant(name: str) -> types.ModuleType:
     surface = SURFACES[name]
     module = types.ModuleType("tensorrt_rtx" if surface.rtx else "tensorrt")
     module.__dict__.update({k: v for k, v in globals().items() if not k.startswith("__")})
+    import importlib.machinery
+
+    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)  # find_spec() sees it
     module.__version__ = surface.version  # type: ignore[attr-defined]
     module.FAKE_SURFACE = surface  # type: ignore[attr-defined]
     config_class = RTXBuilderConfig if surface.rtx else IBuilderConfig
