@@ -151,7 +151,8 @@ class EngineKey(StoreKey):
     source_sha256: str
     """SHA-256 of the network as given to the builder, weights included (ONNX bytes for tensorrt)."""
     source_format: str
-    """``onnx`` or ``torch-state-dict``: what ``source_sha256`` was taken over."""
+    """``onnx``, ``torch-state-dict`` or ``torch-weights-id`` (torch2trt: SHA-256 of the weights id): what
+    ``source_sha256`` was taken over."""
     calib_sha256: str | None
     inputs: tuple[TensorSpec, ...]
     profile: tuple[ShapeProfile, ...]

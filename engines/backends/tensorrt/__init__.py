@@ -245,7 +245,7 @@ class TensorRTBackend(Backend):
             config.set_runtime_cache(cache)
             self._runtime_cache = cache
         context: Any = raw.create_execution_context(config)
-        return context  # type: ignore[no-any-return]
+        return context
 
     def _save_runtime_cache(self) -> None:
         if self._runtime_cache is None or self._runtime_cache_path is None:

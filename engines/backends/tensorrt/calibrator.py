@@ -153,10 +153,10 @@ def make_calibrator(
         def get_batch_size(self) -> int:
             return batch
 
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            def read() -> list[int] | None:
+        def get_batch(self, names: list[str]) -> list[int]:
+            def read() -> list[int]:
                 if self._next >= len(batches):
-                    return None
+                    return []  # no more batches
                 chunk = batches[self._next]
                 self._next += 1
                 tensor = images.read(chunk)
@@ -168,7 +168,7 @@ def make_calibrator(
                 log.info("int8 calibration: batch %d/%d", self._next, len(batches))
                 return [int(tensor.data_ptr())]
 
-            return errors.call(read, None)
+            return errors.call(read, [])
 
         def read_calibration_cache(self) -> bytes | None:  # None: no cache (documented)
             return errors.call(table.read, None)

@@ -244,8 +244,8 @@ def build_serialized_engine(
         config.int8_calibrator = calibrator
         if settings.dynamic_batch:
             calib_profile = builder.create_optimization_profile()
-            shape = trt.Dims(list(batch_shape))
-            calib_profile.set_shape(INPUT_NAME, shape, shape, shape)
+            calib_dims = trt.Dims(list(batch_shape))
+            calib_profile.set_shape(INPUT_NAME, calib_dims, calib_dims, calib_dims)
             config.set_calibration_profile(calib_profile)
     monitor = None
     if info.progress_monitor:

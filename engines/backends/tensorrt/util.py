@@ -267,7 +267,7 @@ def make_logger() -> "trt.ILogger":
     module = tensorrt_module()
     with _logger_lock:
         if _logger is not None and _logger[0] is module:
-            return _logger[1]  # type: ignore[no-any-return]
+            return _logger[1]
         trt_log = logging.getLogger("engines.backends.tensorrt.trt")
         severity = trt.ILogger.Severity
         levels = {getattr(severity, name): level for name, level in _SEVERITY_LEVELS.items() if hasattr(severity, name)}
