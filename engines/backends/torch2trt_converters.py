@@ -134,9 +134,19 @@ def unconvertible(t2t: Any, module: "torch.nn.Module", input_shape: tuple[int, .
     names: list[str] = []
     hooks = []
     probe = copy.deepcopy(module).cpu().eval()
+    def enter(name: str) -> Any:
+        def hook(module: Any, args: Any) -> None:
+            names.append(name or "(model)")
+
+        return hook
+
+    def leave(module: Any, args: Any, output: Any) -> None:  # returns None: the output is kept
+        if names:
+            names.pop()
+
     for name, sub in probe.named_modules():
-        hooks.append(sub.register_forward_pre_hook(lambda m, a, n=name: names.append(n or "(model)")))
-        hooks.append(sub.register_forward_hook(lambda m, a, o: names.pop() if names else None))
+        hooks.append(sub.register_forward_pre_hook(enter(name)))
+        hooks.append(sub.register_forward_hook(leave))
     found: list[str] = []
 
     class _Mode(TorchFunctionMode):

@@ -223,6 +223,25 @@ class BuilderFlag(enum.IntEnum):
     TF32 = 7
 
 
+class ActivationType(enum.IntEnum):
+    RELU = 0
+    SIGMOID = 1
+    HARD_SIGMOID = 10
+
+
+class ElementWiseOperation(enum.IntEnum):
+    SUM = 0
+    PROD = 1
+    MIN = 3
+
+
+class CalibrationAlgoType(enum.IntEnum):
+    LEGACY_CALIBRATION = 0
+    ENTROPY_CALIBRATION = 1
+    ENTROPY_CALIBRATION_2 = 2
+    MINMAX_CALIBRATION = 3
+
+
 class MemoryPoolType(enum.IntEnum):
     WORKSPACE = 0
 
