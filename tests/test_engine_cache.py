@@ -702,11 +702,11 @@ def test_one_store_one_atomic_write() -> None:
     assert not hasattr(cache_store.Store, "lookup")
 
 
-# -- scripts/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------
+# -- tools/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------
 def _script() -> Any:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "trt_rtx_parse_check.py"
+    path = Path(__file__).resolve().parents[1] / "tools" / "trt_rtx_parse_check.py"
     spec = importlib.util.spec_from_file_location("trt_rtx_parse_check", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -385,3 +385,36 @@ def test_close_releases_the_engine(trt10: Any, tmp_path: Path, monkeypatch: pyte
     backend.close()
     gc.collect()
     assert engine() is None
+
+
+# -- tools/trt_rtx_check.py: the real `streamer build` path, against the RTX double ------------------
+def test_trt_rtx_check_records_the_runtimes_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+    import json
+    import types
+
+    import torch
+
+    from engines.backends import tensorrt
+
+    _install(monkeypatch, "rtx")
+    monkeypatch.setattr(fake_tensorrt, "FAKE_CURRENT_CC", "9.0")
+    onnx_path = make_onnx(tmp_path / "m.onnx", batch=None)
+    export = types.SimpleNamespace(value=onnx_path, sha256=_sha(onnx_path))
+    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: export)
+    monkeypatch.setattr(tensorrt, "cuda_device_info", lambda device: _device(device=device))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    path = Path(__file__).resolve().parents[1] / "tools" / "trt_rtx_check.py"
+    spec = importlib.util.spec_from_file_location("trt_rtx_check", path)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    case = tool.run_case(SPEC.name, "fp32", 4, tmp_path / "out", tmp_path)
+    assert case["parsed"] is True and case["built"] is True, case and case["plan_bytes"] > 0
+    assert case["deserialized"] is False and case["exit_status"] != 0
+    assert case["reason"].endswith("Supported compute capabilities: 8.0 8.6 8.9 12.0 12.1")
+    int8 = tool.run_case(SPEC.name, "int8", 4, tmp_path / "out", tmp_path)
+    assert int8["built"] is False and "int8 calibration is not available" in int8["reason"]
+    json.dumps([case, int8])
