@@ -260,3 +260,28 @@ def test_torch2trt_code_and_model_code_ids(tmp_path: Path) -> None:
     a = backend.model_code_sha256(build_model(get_spec("resnet18"), WeightsChoice("random")).module)
     b = backend.model_code_sha256(build_model(get_spec("efficientnet_lite0"), WeightsChoice("random")).module)
     assert a != b and len(a) == 64
+
+
+# -- 6: TRTModule runs on the backend's own stream ---------------------------------------------
+@pytest.mark.gpu
+def test_trtmodule_runs_on_the_backends_stream() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from engines.backends.torch2trt_backend import Torch2TRTBackend
+
+    spec = get_spec("resnet18")
+    backend = Torch2TRTBackend(spec, WeightsChoice("random"), BackendOptions(device="cuda:0", batch=2))
+    seen = []
+
+    def module(x: torch.Tensor) -> torch.Tensor:  # TRTModule calls execute_async_v3 on torch's current stream
+        seen.append(torch.cuda.current_stream().cuda_stream)
+        return x.mean(dim=(2, 3)).repeat(1, 334)[:, :1000]
+
+    backend._module = module
+    backend._stream = torch.cuda.Stream()
+    backend._loaded = True
+    x = backend.preprocess([np.zeros((64, 64, 3), dtype=np.uint8)])
+    out = backend.infer(x)
+    assert tuple(out.shape) == (1, 1000) and seen == [backend._stream.cuda_stream]
+    assert seen[0] != torch.cuda.default_stream().cuda_stream
+    backend.close()
