@@ -12,7 +12,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from typing import ContextManager
+
+    from rich.progress import Progress, TaskID
 
 EXIT_INTERRUPTED = 130
 
@@ -195,11 +200,15 @@ def resolve_model(model: str | None, weights_text: str) -> tuple["ModelSpec", "W
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engines.backends import create_backend
+    import contextlib
+    from dataclasses import replace
+
+    from engines.backends import choose_auto_backend, create_backend
+    from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
-    from streamer.pipeline import Pipeline, PipelineConfig, PredictionsWriter
+    from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.report import print_summary
-    from streamer.sinks import display_available, make_sink
+    from streamer.sinks import PredictionsWriter, ResultSink, display_available, make_sink
     from streamer.sources import SourceOptions, open_source
 
     if args.show and args.headless:
@@ -213,12 +222,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     options = backend_options_from_args(args)
     # Cheap checks first, so bad input fails with one line before anything loads:
-    # the output path, then the source (opening it decodes the first frame).
+    # the output paths, then the source (opening it decodes the first frame).
+    # Nothing is written until the pipeline runs: it opens, finalises or aborts every output.
     sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout)
+    observers: list[ResultSink] = []
     if args.predictions is not None:
-        from streamer.sinks import check_output_path
-
-        check_output_path(args.predictions, args.overwrite)
+        observers.append(PredictionsWriter(args.predictions, overwrite=args.overwrite))
     source_options = SourceOptions(
         gst=args.gst,
         open_timeout_s=args.timeout,
@@ -230,41 +239,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         lossless=args.lossless,
         decoder=args.decoder,
     )
-    source = open_source(args.source, source_options)
-    predictions = None
-    try:
+    with contextlib.ExitStack() as until_the_pipeline_owns_it:
+        source = open_source(args.source, source_options)
+        until_the_pipeline_owns_it.callback(source.close)
         spec, weights, _note = resolve_model(args.model, args.weights)
-        backend = create_backend(args.backend, spec, weights, options)
+        if args.backend == "auto":
+            backend_name, device = choose_auto_backend(options.device)
+        else:
+            backend_name, device = args.backend, resolve_device_name(options.device)
+        options = replace(options, device=device)
         if not args.output and not args.show and not args.headless:
             if display_available():
                 sink = make_sink(None, True)
             else:
                 logging.getLogger("streamer").warning("no display and no -o: running headless (see --predictions for the labels)")
-        assert source.frame_size is not None
-        sink.open(source.frame_size, source.fps)
-        try:
-            if args.predictions is not None:
-                predictions = PredictionsWriter(args.predictions, overwrite=args.overwrite)
-        except BaseException:
-            sink.abort()
-            raise
-    except BaseException:
-        source.close()
-        raise
-    warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
-    try:
-        print(f"streamer: {spec.name} on {backend.name} {backend.precision} {backend.device}; source {source.display_name} -> {sink.description}", flush=True)
-        progress_ctx, on_frame = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
-        pipeline = Pipeline(source, sink, lambda: backend, config, predictions, warning=warning, on_frame=on_frame)
-    except BaseException:
-        # Interrupted (or failed) after the outputs were opened but before the
-        # pipeline owns them: leave no partial file behind.
-        sink.abort()
-        if predictions is not None:
-            predictions.abort()
-        source.close()
-        raise
-    with progress_ctx:  # type: ignore[attr-defined]
+        warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
+        progress_ctx, progress = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
+        if progress is not None:
+            observers.append(progress)
+        pipeline = Pipeline(
+            source, sink, lambda: create_backend(backend_name, spec, weights, options), config,
+            observers=observers, warning=warning,
+        )  # fmt: skip
+        until_the_pipeline_owns_it.pop_all()
+    print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", flush=True)
+    with progress_ctx:
         try:
             summary = pipeline.run()
         except KeyboardInterrupt:
@@ -278,7 +277,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(total: int | None, limit: int | None, enabled: bool) -> tuple[object, Callable[[int], None] | None]:
+class _ProgressObserver:
+    """The progress bar as a run observer: one tick per labelled frame."""
+
+    def __init__(self, progress: "Progress", task: "TaskID") -> None:
+        import time
+
+        self._progress = progress
+        self._task = task
+        self._t0 = time.perf_counter()
+        self.done = 0
+
+    def write(self, frame: object, prediction: object, latency_ms: float) -> None:
+        import time
+
+        self.done += 1
+        elapsed = time.perf_counter() - self._t0
+        self._progress.update(self._task, completed=self.done, fps=f"{self.done / elapsed:.1f}" if elapsed > 0 else "--")
+
+    def finalize(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def _progress(total: int | None, limit: int | None, enabled: bool) -> "tuple[ContextManager[object], _ProgressObserver | None]":
     import contextlib
 
     if not enabled or not sys.stderr.isatty():
@@ -299,15 +323,7 @@ def _progress(total: int | None, limit: int | None, enabled: bool) -> tuple[obje
         transient=True,
     )
     task = progress.add_task("run", total=total, fps="--")
-    import time
-
-    state = {"t0": time.perf_counter()}
-
-    def on_frame(done: int) -> None:
-        elapsed = time.perf_counter() - state["t0"]
-        progress.update(task, completed=done, fps=f"{done / elapsed:.1f}" if elapsed > 0 else "--")
-
-    return progress, on_frame
+    return progress, _ProgressObserver(progress, task)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -420,7 +436,7 @@ def entry() -> None:
     import threading
 
     code = main()
-    if any(t.name in ("capture", "inference", "writer") and t.is_alive() for t in threading.enumerate()):
+    if any(t.name in ("capture", "batcher", "inference", "writer") and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -1,27 +1,41 @@
 """Annotators: small objects with ``annotate(frame, result) -> frame``.
 
-Style lives in ``__init__``, data comes in ``annotate`` (as in supervision).
-Text is scaled to the frame and drawn on a dark band so it stays legible on
-any frame size and content.
+Style lives in ``__init__``, data comes in ``annotate`` (as in supervision):
+every annotator gets the same :class:`Result` and draws the part it is for,
+in place, returning the frame.  Text is scaled to the frame and drawn on a
+dark band so it stays legible on any frame size and content.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from engines.backends.base import Prediction
 
+Colour = tuple[int, int, int]
+"""BGR."""
 
-@dataclass
-class FrameInfo:
-    """What the overlay shows besides the prediction."""
 
-    fps: float | None
-    latency_ms: float | None
-    model_line: str
+@dataclass(frozen=True)
+class Result:
+    """What one frame's annotators may show."""
+
+    prediction: Prediction
+    fps: float | None = None
+    """Pipeline FPS (intervals between rendered frames, over a sliding window)."""
+    latency_ms: float | None = None
+    """Capture to render of this frame."""
+    model_line: str = ""
     warning: str | None = None
+
+
+class Annotator(Protocol):
+    def annotate(self, image: np.ndarray, result: Result) -> np.ndarray:
+        """Draw on ``image`` (in place) and return it."""
+        ...
 
 
 def _text_scale(image: np.ndarray) -> tuple[float, int]:
@@ -30,7 +44,7 @@ def _text_scale(image: np.ndarray) -> tuple[float, int]:
     return scale, max(1, int(round(scale * 2)))
 
 
-def _draw_lines(image: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]], bottom: bool) -> None:
+def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool) -> None:
     import cv2
 
     if not lines:
@@ -65,26 +79,35 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]
 class LabelAnnotator:
     """Top-k labels with their confidence, top-left."""
 
-    def __init__(self, topk: int = 1) -> None:
+    def __init__(self, topk: int = 1, top_colour: Colour = (80, 255, 80), colour: Colour = (230, 230, 230)) -> None:
         self.topk = max(1, topk)
+        self.top_colour = top_colour
+        self.colour = colour
 
-    def annotate(self, image: np.ndarray, prediction: Prediction) -> np.ndarray:
+    def annotate(self, image: np.ndarray, result: Result) -> np.ndarray:
+        prediction = result.prediction
         lines = []
         for rank, (label, score) in enumerate(zip(prediction.labels[: self.topk], prediction.scores[: self.topk])):
-            colour = (80, 255, 80) if rank == 0 else (230, 230, 230)
-            lines.append((f"{label}: {score * 100:.1f}%", colour))
+            lines.append((f"{label}: {score * 100:.1f}%", self.top_colour if rank == 0 else self.colour))
         _draw_lines(image, lines, bottom=False)
         return image
 
 
 class StatsAnnotator:
-    """Pipeline FPS, capture-to-render latency and model/backend/precision, bottom-left."""
+    """Pipeline FPS, capture-to-render latency, model/backend/precision and any warning, bottom-left."""
 
-    def annotate(self, image: np.ndarray, info: FrameInfo) -> np.ndarray:
-        fps = f"{info.fps:.1f}" if info.fps is not None else "--"
-        latency = f"{info.latency_ms:.0f} ms" if info.latency_ms is not None else "--"
-        lines = [(f"FPS {fps}  latency {latency}", (255, 255, 255)), (info.model_line, (200, 200, 200))]
-        if info.warning:
-            lines.insert(0, (info.warning, (60, 60, 255)))
+    def __init__(
+        self, colour: Colour = (255, 255, 255), model_colour: Colour = (200, 200, 200), warning_colour: Colour = (60, 60, 255)
+    ) -> None:
+        self.colour = colour
+        self.model_colour = model_colour
+        self.warning_colour = warning_colour
+
+    def annotate(self, image: np.ndarray, result: Result) -> np.ndarray:
+        fps = f"{result.fps:.1f}" if result.fps is not None else "--"
+        latency = f"{result.latency_ms:.0f} ms" if result.latency_ms is not None else "--"
+        lines = [(f"FPS {fps}  latency {latency}", self.colour), (result.model_line, self.model_colour)]
+        if result.warning:
+            lines.insert(0, (result.warning, self.warning_colour))
         _draw_lines(image, lines, bottom=True)
         return image

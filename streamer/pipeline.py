@@ -1,49 +1,50 @@
-"""Capture thread -> bounded queue -> inference worker -> bounded queue -> render stage.
+"""Capture thread -> queue -> batcher thread -> inference worker -> queue -> render stage.
 
 * Files and image folders are lossless: blocking bounded queues, every frame
   reaches the sink exactly once, in order.
 * Live sources keep only the newest frame (a one-slot mailbox) and count drops.
-* The inference worker builds and owns the backend on its own thread.
+* The model runs on an :class:`~streamer.inference.InferenceWorker`, which
+  builds and owns the backend on its own thread and may outlive the run (the
+  bench runs many pipelines on one); the batcher thread takes frames from the
+  input queue, submits them and queues the results.
 * Shutdown goes through a sentinel; every blocking call waits in short slices
   and checks a shared stop event, so an exception in any stage stops the
   whole pipeline promptly instead of hanging on a full or empty queue.
 * The render stage runs on the calling (main) thread: OpenCV windows need it,
-  and Ctrl-C arrives there.
+  and Ctrl-C arrives there.  It draws the annotators, writes the sink and
+  tells the observers; between frames it runs the :class:`Watchdog`.
+* The pipeline owns every output it is handed: it opens the sink, and at the
+  end finalises or aborts the sink and every observer together.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
 import threading
 import time
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Sequence
 
-from engines.backends.base import Backend, Prediction, postprocess
-from engines.errors import ConfigError, ModelHung, PipelineError, SinkError, SourceError, SourceLost, SourceTimeout, StreamerError
-from streamer.overlay import FrameInfo, LabelAnnotator, StatsAnnotator
-from streamer.sinks import Sink, ThreadedSink
+from engines.backends.base import Prediction
+from engines.errors import ConfigError, ModelHung, PipelineError, SourceError, SourceLost, SourceTimeout, StreamerError
+from streamer import queues
+from streamer.inference import BatchResult, InferenceWorker, LoadInfo, Recipe
+from streamer.overlay import Annotator, LabelAnnotator, Result, StatsAnnotator
+from streamer.queues import EOS, EndOfStream, LatestSlot
+from streamer.sinks import ResultSink, Sink
 from streamer.sources import Frame, Source
-from streamer.stats import FpsMeter, LatencyStats, StageTimes
+from streamer.stats import FpsMeter, Histogram, LatencyStats, StageTimes
 
 log = logging.getLogger(__name__)
 
-_SLICE = 0.05  # seconds each blocking call waits before checking the stop event
+_SLICE = queues.SLICE_S
 _HUNG_FACTOR = 20.0
 """A batch running this many times longer than the slowest one so far is a hung model ..."""
 _FIRST_BATCH_S = 60.0
 """... and the first batch (lazy initialisation, a first shape to tune for) gets at least a minute."""
-
-
-class _EndOfStream:
-    """Sentinel that ends the stream."""
-
-
-EOS = _EndOfStream()
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class PipelineConfig:
     max_frames: int | None = None
     stall_timeout_s: float = 10.0
     """A source that delivers no frame for this long is an error (watchdog); so is a model batch
-    that runs this long, if that is also 20 times the slowest batch so far (see ``Pipeline._watchdog``)."""
+    that runs this long, if that is also 20 times the slowest batch so far (see :class:`Watchdog`)."""
     load_timeout_s: float = 600.0
     join_timeout_s: float = 2.0
     reconnect_timeout_s: float = 60.0
@@ -79,42 +80,8 @@ class PipelineConfig:
             raise ConfigError("max frame age must be positive")
 
 
-class LatestSlot:
-    """A one-item mailbox: ``put`` replaces what is there and counts the drop.
-
-    The end-of-stream marker never replaces a frame: it is delivered after
-    the frame still waiting, so a live source's last frame is not lost.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._has = False
-        self._ended = False
-        self.dropped = 0
-
-    def put(self, item: Any) -> None:
-        with self._cond:
-            if isinstance(item, _EndOfStream):
-                self._ended = True
-            elif not self._ended:
-                if self._has:
-                    self.dropped += 1
-                self._item, self._has = item, True
-            self._cond.notify()
-
-    def get(self, timeout: float) -> Any:
-        with self._cond:
-            if not (self._has or self._ended) and not self._cond.wait_for(lambda: self._has or self._ended, timeout):
-                raise queue.Empty
-            if self._has:
-                item, self._item, self._has = self._item, None, False
-                return item
-            return EOS
-
-
 @dataclass
-class Result:
+class _Labelled:
     frame: Frame
     prediction: Prediction
 
@@ -140,135 +107,105 @@ class RunSummary:
     reconnects: int = 0
 
 
-class PredictionsWriter:
-    """Writes one JSON object per frame to a temporary file, renamed on finalize."""
+class Watchdog:
+    """Fails a model stuck in one batch, or a source stuck inside one read, for too long.
 
-    def __init__(self, path: Path, overwrite: bool = False) -> None:
-        from streamer.sinks import check_output_path
+    A source: only time spent in ``source.read()`` counts (waiting on a full
+    queue behind a slow model, or for the model to load, is not source
+    silence), up to the stall timeout.  A model: only time inside one batch
+    counts (not the load, not waiting for frames), up to the stall timeout or
+    20 times the slowest batch so far, whichever is longer, and at least a
+    minute for the first batch.  A call that never returns cannot be
+    cancelled; the run stops around it and keeps what was labelled before.
+    """
 
-        check_output_path(path, overwrite)
-        self.path = path
-        self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            self._fh = open(self.temp_path, "w", encoding="utf-8")
-        except OSError as exc:
-            raise SinkError(f"{path}: cannot write predictions ({exc.strerror})") from exc
+    def __init__(self, source: Source, worker: InferenceWorker, stall_timeout_s: float) -> None:
+        self.source = source
+        self.worker = worker
+        self.stall_timeout_s = stall_timeout_s
+        self.read_started: float | None = None
+        """When the capture thread entered ``source.read()`` (None when not reading); set by the capture thread."""
 
-    def write(self, frame: Frame, prediction: Prediction, latency_ms: float) -> None:
-        record = {
-            "frame": frame.index,
-            "source": frame.name,
-            "topk": prediction.as_json(),
-            "latency_ms": round(latency_ms, 3),
-        }
-        try:
-            self._fh.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise SinkError(f"{self.path}: write failed ({exc.strerror})") from exc
-
-    def finalize(self) -> None:
-        if self._fh.closed:
+    def check(self) -> None:
+        """Raise :class:`ModelHung` or :class:`SourceTimeout` if a stage is stuck."""
+        self._check_model()
+        started = self.read_started
+        if started is None:
             return
-        try:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-        except OSError as exc:
-            self.abort()
-            raise SinkError(f"{self.path}: write failed ({exc.strerror or exc}); predictions discarded") from exc
-        os.replace(self.temp_path, self.path)
+        idle = time.perf_counter() - started
+        limit = self.stall_timeout_s
+        if self.source.live and self.source.reconnectable:
+            # A live read gives up by itself after its own timeout (FFmpeg checks it a
+            # little late) and is then reconnected; only a read stuck well past it is fatal.
+            limit += max(2.0, 0.5 * limit)
+        if idle > limit:
+            raise SourceTimeout(f"{self.source.display_name}: no frame for {idle:.1f} s")
 
-    def abort(self) -> None:
-        try:
-            self.temp_path.unlink()  # first: closing may fail (a full disk flushes on close)
-        except FileNotFoundError:
-            pass
-        if not self._fh.closed:
-            try:
-                self._fh.close()
-            except OSError:
-                pass
-
-
-ProgressCallback = Callable[[int], None]
+    def _check_model(self) -> None:
+        started = self.worker.batch_started
+        if started is None:
+            return
+        busy = time.perf_counter() - started
+        slowest, done = self.worker.slowest_batch_s, self.worker.batches_done
+        limit = max(self.stall_timeout_s, _HUNG_FACTOR * slowest)
+        if done == 0:
+            limit = max(limit, _FIRST_BATCH_S)
+        if busy > limit:
+            before = f"; the slowest batch before took {slowest:.2f} s" if done else ""
+            raise ModelHung(f"the model gave no result for {busy:.1f} s (inference hung?){before}")
 
 
 class Pipeline:
-    """Runs ``source`` through a backend into ``sink``; see the module docstring."""
+    """Runs ``source`` through a model into ``sink`` and the observers; see the module docstring.
+
+    ``model`` is an :class:`InferenceWorker` (started if need be, never closed
+    here: its owner closes it) or a recipe, from which the pipeline makes a
+    worker for this run and closes it at the end.  ``observers`` get every
+    labelled frame after the sink (predictions file, progress, the bench's
+    recorder); ``annotators`` draw on each frame before the sink (default: the
+    top-k labels and the stats line).
+    """
 
     def __init__(
         self,
         source: Source,
         sink: Sink,
-        backend_factory: Callable[[], Backend],
+        model: InferenceWorker | Recipe,
         config: PipelineConfig | None = None,
-        predictions: PredictionsWriter | None = None,
+        *,
+        observers: Sequence[ResultSink] = (),
+        annotators: Sequence[Annotator] | None = None,
         warning: str | None = None,
-        on_frame: ProgressCallback | None = None,
-        on_loaded: Callable[[Backend], None] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
-        self.backend_factory = backend_factory
         self.config = config or PipelineConfig()
-        self.predictions = predictions
+        self._owns_worker = not isinstance(model, InferenceWorker)
+        self.worker = InferenceWorker(model, self.config.topk) if not isinstance(model, InferenceWorker) else model
+        self.observers = list(observers)
+        self.annotators: list[Annotator] = (
+            [LabelAnnotator(self.config.topk), StatsAnnotator()] if annotators is None else list(annotators)
+        )
         self.warning = warning
-        self.on_frame = on_frame
-        self.on_loaded = on_loaded
         self.stop = threading.Event()
         self.times = StageTimes()
+        self.latency = Histogram()
+        """Capture to render, seconds, of every frame rendered (bounded)."""
         self.summary = RunSummary()
+        self.watchdog = Watchdog(source, self.worker, self.config.stall_timeout_s)
         self._errors: list[BaseException] = []
         self._errors_lock = threading.Lock()
-        self._loaded = threading.Event()
-        self._read_started: float | None = None
-        """When the capture thread entered ``source.read()`` (None when not reading)."""
-        self._batch_started: float | None = None
-        """When the inference worker started the current batch (None between batches)."""
-        self._slowest_batch = 0.0
-        """The longest a batch has taken so far (the warm-up inference to begin with), in seconds."""
-        self._batches_done = 0
+        self._model_line = ""
         self._capture_thread: threading.Thread | None = None
-        self.backend: Backend | None = None
-        lossless = not source.live
-        self._q_in: queue.Queue[Any] | LatestSlot = queue.Queue(self.config.queue_size) if lossless else LatestSlot()
-        self._q_out: queue.Queue[Any] = queue.Queue(self.config.queue_size)
-        # A threaded file sink times its own writes on its writer thread.
-        self._sink_times_itself = False
-        for inner in getattr(sink, "sinks", [sink]):
-            if isinstance(inner, ThreadedSink):
-                inner.on_write = lambda seconds: self.times.add("write", seconds)
-                self._sink_times_itself = True
-        self.label_annotator = LabelAnnotator(self.config.topk)
-        self.stats_annotator = StatsAnnotator()
+        self._batcher_thread: threading.Thread | None = None
+        self._q_in: queues.StageQueue = queue.Queue(self.config.queue_size) if not source.live else LatestSlot()
+        self._q_out: "queue.Queue[_Labelled | EndOfStream]" = queue.Queue(self.config.queue_size)
 
     # -- plumbing ------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         with self._errors_lock:
             self._errors.append(exc)
         self.stop.set()
-
-    def _put(self, q: "queue.Queue[Any] | LatestSlot", item: Any) -> bool:
-        """Put, waiting in slices; False if the pipeline is stopping."""
-        if isinstance(q, LatestSlot):
-            q.put(item)
-            return True
-        while not self.stop.is_set():
-            try:
-                q.put(item, timeout=_SLICE)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _get(self, q: "queue.Queue[Any] | LatestSlot") -> Any:
-        """Get, waiting in slices; None if the pipeline is stopping."""
-        while not self.stop.is_set():
-            try:
-                return q.get(timeout=_SLICE)
-            except queue.Empty:
-                continue
-        return None
 
     # -- stages --------------------------------------------------------------
     def _capture(self) -> None:
@@ -278,7 +215,7 @@ class Pipeline:
             while not self.stop.is_set():
                 if limit is not None and count >= limit:
                     break
-                self._read_started = time.perf_counter()
+                self.watchdog.read_started = time.perf_counter()
                 try:
                     frame = self.source.read()
                 except SourceError:
@@ -286,7 +223,7 @@ class Pipeline:
                         raise
                     frame = None
                 finally:
-                    self._read_started = None
+                    self.watchdog.read_started = None
                 if frame is None:
                     if self.source.live and self.source.reconnectable and self.config.reconnect_timeout_s > 0:
                         if self._reconnect():
@@ -300,9 +237,9 @@ class Pipeline:
                 self.times.add("decode", frame.decode_s)
                 count += 1
                 self.summary.frames_in = count
-                if not self._put(self._q_in, frame):
+                if not queues.put(self._q_in, frame, self.stop):
                     return
-            self._put(self._q_in, EOS)
+            queues.put(self._q_in, EOS, self.stop)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             self._fail(exc)
         finally:
@@ -333,8 +270,8 @@ class Pipeline:
     def _next_batch(self) -> list[Frame] | None:
         """Up to ``batch`` frames: wait for one, then take what is ready. None at the end."""
         while True:
-            first = self._get(self._q_in)
-            if first is None or isinstance(first, _EndOfStream):
+            first = queues.get(self._q_in, self.stop)
+            if first is None or isinstance(first, EndOfStream):
                 return None
             if not self.source.live or time.perf_counter() - first.t_capture <= self.config.max_frame_age_s:
                 break
@@ -343,72 +280,57 @@ class Pipeline:
         q = self._q_in
         while len(frames) < self.config.batch and isinstance(q, queue.Queue):
             try:
-                item = q.get_nowait() if len(frames) > 0 else None
-            except queue.Empty:
                 # In file mode wait briefly for the rest of the batch rather than run it part-empty.
-                try:
-                    item = q.get(timeout=_SLICE)
-                except queue.Empty:
-                    break
-            if isinstance(item, _EndOfStream):
+                item = q.get(timeout=_SLICE)
+            except queue.Empty:
+                break
+            if isinstance(item, EndOfStream):
                 q.put(item)  # let the next call see the end
                 break
             frames.append(item)
         return frames
 
-    def _infer(self) -> None:
-        backend: Backend | None = None
+    def _wait(self, future: "Future[LoadInfo] | Future[BatchResult]") -> "LoadInfo | BatchResult | None":
+        """The future's result, waiting in slices; None (and the future cancelled) if the run stops first."""
+        while not self.stop.is_set():
+            try:
+                return future.result(timeout=_SLICE)
+            except FutureTimeout:
+                continue
+            except CancelledError:
+                return None
+        future.cancel()
+        return None
+
+    def _batcher(self) -> None:
         try:
-            backend = self.backend_factory()
-            backend.load()
-            self.backend = backend
-            self.summary.load_s = backend.load_seconds
-            self.summary.backend = backend.description
-            labels = backend.spec.labels
-            if backend.ready_seconds is not None and backend.load_seconds is not None:
-                self._slowest_batch = max(0.0, backend.ready_seconds - backend.load_seconds)
-            self._loaded.set()
-            if self.on_loaded is not None:
-                self.on_loaded(backend)
+            info = self._wait(self.worker.loaded_future())
+            if not isinstance(info, LoadInfo):
+                return
+            self.summary.load_s = info.load_s
+            self.summary.backend = self._model_line = info.description
             while not self.stop.is_set():
                 frames = self._next_batch()
                 if frames is None:
                     break
+                result = self._wait(self.worker.submit([f.image for f in frames]))
+                if not isinstance(result, BatchResult):
+                    return
                 n = len(frames)
-                t0 = time.perf_counter()
-                self._batch_started = t0
-                batch = backend.preprocess([f.image for f in frames])
-                backend.synchronize()
-                t1 = time.perf_counter()
-                logits = backend.infer(batch)
-                backend.synchronize()
-                t2 = time.perf_counter()
-                predictions = postprocess(logits, labels, self.config.topk)
-                t3 = time.perf_counter()
-                self._batch_started = None
-                self._slowest_batch = max(self._slowest_batch, t3 - t0)
-                self._batches_done += 1
-                self.times.add("preprocess", t1 - t0, n)
-                self.times.add("inference", t2 - t1, n)
-                self.times.add("postprocess", t3 - t2, n)
-                for frame, prediction in zip(frames, predictions):
-                    if not self._put(self._q_out, Result(frame, prediction)):
+                per = n / result.batch_size  # this run's share of a batch shared with other streams
+                self.times.add("preprocess", result.preprocess_s * per, n)
+                self.times.add("inference", result.inference_s * per, n)
+                self.times.add("postprocess", result.postprocess_s * per, n)
+                for frame, prediction in zip(frames, result.predictions):
+                    if not queues.put(self._q_out, _Labelled(frame, prediction), self.stop):
                         return
-            self._put(self._q_out, EOS)
+            queues.put(self._q_out, EOS, self.stop)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
-        finally:
-            self._loaded.set()
-            if backend is not None:
-                try:
-                    backend.close()
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("backend close failed: %s", exc)
 
     def _render_loop(self, start: float) -> None:
         fps = FpsMeter()
-        latencies: list[float] = []
-        model_line = ""
+        times_writes = self.sink.write_times is None
         while True:
             if self._errors:
                 return
@@ -417,90 +339,52 @@ class Pipeline:
             except queue.Empty:
                 if self.stop.is_set():
                     return
-                self._watchdog()
+                self.watchdog.check()
                 continue
-            if isinstance(item, _EndOfStream):
+            if isinstance(item, EndOfStream):
                 break
-            result: Result = item
-            if not model_line and self.backend is not None:
-                model_line = self.backend.description
             t0 = time.perf_counter()
-            image = result.frame.image
-            latency = t0 - result.frame.t_capture
+            image = item.frame.image
+            latency = t0 - item.frame.t_capture
             fps.tick(t0)
-            self.label_annotator.annotate(image, result.prediction)
-            self.stats_annotator.annotate(image, FrameInfo(fps.fps, latency * 1000.0, model_line, self.warning))
+            result = Result(item.prediction, fps.fps, latency * 1000.0, self._model_line, self.warning)
+            for annotator in self.annotators:
+                image = annotator.annotate(image, result)
             t1 = time.perf_counter()
-            self.sink.write(image, result.frame.name)
+            self.sink.write(image, item.frame.name)
             t2 = time.perf_counter()
-            if self.predictions is not None:
-                self.predictions.write(result.frame, result.prediction, latency * 1000.0)
+            for observer in self.observers:
+                observer.write(item.frame, item.prediction, latency * 1000.0)
             self.times.add("render", t1 - t0)
-            if not self._sink_times_itself:
+            if times_writes:
                 self.times.add("write", t2 - t1)
-            latencies.append(latency)
+            self.latency.add(latency)
             self.summary.frames_out += 1
             if self.summary.first_frame_s is None:
                 self.summary.first_frame_s = t2 - start
-            if self.on_frame is not None:
-                self.on_frame(self.summary.frames_out)
             if self.sink.stop_requested:
                 self.summary.stopped_by_user = True
                 self.stop.set()
                 break
-        self.summary.latency = LatencyStats.of(latencies)
-
-    def _watchdog(self) -> None:
-        """Fail a model stuck in one batch, or a source stuck inside one read, for too long.
-
-        A source: only time spent in ``source.read()`` counts (waiting on a full
-        queue behind a slow model, or for the model to load, is not source
-        silence), up to the stall timeout.  A model: only time inside one batch
-        counts (not the load, not waiting for frames), up to the stall timeout or
-        20 times the slowest batch so far, whichever is longer, and at least a
-        minute for the first batch.  A call that never returns cannot be
-        cancelled; the run stops around it and keeps what was labelled before.
-        """
-        self._watch_model()
-        started = self._read_started
-        if started is None:
-            return
-        idle = time.perf_counter() - started
-        limit = self.config.stall_timeout_s
-        if self.source.live and self.source.reconnectable:
-            # A live read gives up by itself after its own timeout (FFmpeg checks it a
-            # little late) and is then reconnected; only a read stuck well past it is fatal.
-            limit += max(2.0, 0.5 * limit)
-        if idle > limit:
-            raise SourceTimeout(f"{self.source.display_name}: no frame for {idle:.1f} s")
-
-    def _watch_model(self) -> None:
-        started = self._batch_started
-        if started is None:
-            return
-        busy = time.perf_counter() - started
-        limit = max(self.config.stall_timeout_s, _HUNG_FACTOR * self._slowest_batch)
-        if self._batches_done == 0:
-            limit = max(limit, _FIRST_BATCH_S)
-        if busy > limit:
-            slowest = f"; the slowest batch before took {self._slowest_batch:.2f} s" if self._batches_done else ""
-            raise ModelHung(f"the model gave no result for {busy:.1f} s (inference hung?){slowest}")
 
     # -- driver --------------------------------------------------------------
     def run(self) -> RunSummary:
         """Run to the end of the source, an error, the user quitting, or Ctrl-C.
 
-        On success and on Ctrl-C the sink and predictions file are finalised;
-        on an error they are discarded and a :class:`StreamerError` is raised.
+        Opens the sink first.  On success and on Ctrl-C the sink and observers
+        are finalised (aborted if nothing was labelled before Ctrl-C); on an
+        error they are discarded and a :class:`StreamerError` is raised, except
+        that a lost camera or a hung model keeps what was labelled before it.
         """
         start = time.perf_counter()
         self._capture_thread = threading.Thread(target=self._capture, name="capture", daemon=True)
-        worker = threading.Thread(target=self._infer, name="inference", daemon=True)
-        self.worker_thread = worker
+        self._batcher_thread = threading.Thread(target=self._batcher, name="batcher", daemon=True)
         interrupted = False
         try:
             try:
-                worker.start()
+                self.sink.open(self.source.frame_size or (0, 0), self.source.fps)
+                self.worker.start()
+                self._batcher_thread.start()
                 self._capture_thread.start()
                 self._render_loop(start)
             except KeyboardInterrupt:
@@ -509,60 +393,80 @@ class Pipeline:
                 self._fail(exc)
         finally:
             self.stop.set()
-            for thread in (self._capture_thread, worker):
+            for thread in (self._capture_thread, self._batcher_thread):
                 if thread.is_alive():
                     thread.join(timeout=self.config.join_timeout_s)
+            if self._owns_worker:
+                self.worker.close(timeout=self.config.join_timeout_s)
             if not self._capture_thread.is_alive():
                 self.source.close()  # else it is inside a read; closing under it is unsafe
-        self.summary.elapsed_s = time.perf_counter() - start
-        self.summary.interrupted = interrupted
+        return self._conclude(start, interrupted)
+
+    def _conclude(self, start: float, interrupted: bool) -> RunSummary:
+        summary = self.summary
+        summary.elapsed_s = time.perf_counter() - start
+        summary.interrupted = interrupted
         if isinstance(self._q_in, LatestSlot):
-            self.summary.dropped = self._q_in.dropped + self.summary.stale
-        self.summary.stages = self.times.summary()
-        if self.summary.latency is None and self.summary.frames_out:
-            self.summary.latency = None
+            summary.dropped = self._q_in.dropped + summary.stale
+        summary.latency = LatencyStats.of(self.latency)
+        out = summary.frames_out
+        if out >= 2 and summary.first_frame_s is not None:
+            span = summary.elapsed_s - summary.first_frame_s
+            summary.pipeline_fps = (out - 1) / span if span > 0 else None
+        try:
+            self._keep_or_discard(interrupted)
+        finally:
+            written = self.sink.write_times  # complete now: finalising drained a writer thread
+            if written is not None:
+                self.times.merge("write", written)
+            summary.stages = self.times.summary()
+        return summary
+
+    def _keep_or_discard(self, interrupted: bool) -> None:
+        """Finalise or abort the outputs; raise the run's error (or KeyboardInterrupt) if it had one."""
         out = self.summary.frames_out
-        if out >= 2 and self.summary.first_frame_s is not None:
-            span = self.summary.elapsed_s - self.summary.first_frame_s
-            self.summary.pipeline_fps = (out - 1) / span if span > 0 else None
         if self._errors and not interrupted:
             error = self._errors[0]
-            if isinstance(error, (SourceLost, ModelHung)) and self.summary.frames_out > 0:
+            if isinstance(error, (SourceLost, ModelHung)) and out > 0:
                 # The camera is gone for good, or the model hangs, but what was recorded before is sound: keep it.
                 self._finalize_outputs()
                 if isinstance(error, ModelHung):
-                    raise ModelHung(f"{error}; kept the {self.summary.frames_out} frames labelled before it") from error
+                    raise ModelHung(f"{error}; kept the {out} frames labelled before it") from error
             else:
                 self._abort_outputs()
             raise _as_streamer_error(error)
-        if interrupted and self.summary.frames_out == 0:
+        if interrupted and out == 0:
             self._abort_outputs()  # nothing to keep
             raise KeyboardInterrupt
         self._finalize_outputs()
         if interrupted:
             raise KeyboardInterrupt
-        return self.summary
 
     @property
     def threads_alive(self) -> bool:
-        """True if a stage thread is still inside a call it could not leave (see ``cli.main``)."""
-        threads = [self._capture_thread, getattr(self, "worker_thread", None)]
+        """True if a stage thread is still inside a call it could not leave (see ``cli.entry``)."""
+        threads = [self._capture_thread, self._batcher_thread, self.worker.thread if self._owns_worker else None]
         return any(t is not None and t.is_alive() for t in threads)
 
     def _finalize_outputs(self) -> None:
+        """Finalise the sink, then each observer; the first failure aborts everything not yet finalised."""
+        pending: list[Sink | ResultSink] = [self.sink, *self.observers]
         try:
-            self.sink.finalize()
+            while pending:
+                pending[0].finalize()
+                pending.pop(0)
         except BaseException:
-            if self.predictions is not None:
-                self.predictions.abort()
+            for output in pending[1:]:
+                output.abort()
             raise
-        if self.predictions is not None:
-            self.predictions.finalize()
 
     def _abort_outputs(self) -> None:
-        self.sink.abort()
-        if self.predictions is not None:
-            self.predictions.abort()
+        outputs: list[Sink | ResultSink] = [self.sink, *self.observers]
+        for output in outputs:
+            try:
+                output.abort()
+            except Exception as exc:  # noqa: BLE001 - keep aborting the others
+                log.warning("discarding %s failed: %s", type(output).__name__, exc)
 
 
 def _as_streamer_error(exc: BaseException) -> StreamerError:
@@ -580,11 +484,9 @@ def _as_streamer_error(exc: BaseException) -> StreamerError:
 
 
 __all__ = [
-    "EOS",
-    "LatestSlot",
     "Pipeline",
     "PipelineConfig",
-    "PredictionsWriter",
     "RunSummary",
     "SourceError",
+    "Watchdog",
 ]

@@ -312,6 +312,29 @@ class FailingVideoSink(VideoFileSink):
         super().abort()
 
 
+class FrameCounter:
+    """A run observer (:class:`streamer.sinks.ResultSink`): the running count at each labelled frame, and how the run ended."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self.ended: str | None = None
+
+    def write(self, frame: Frame, prediction: object, latency_ms: float) -> None:
+        self.counts.append(len(self.counts) + 1)
+
+    def finalize(self) -> None:
+        self.ended = "finalized"
+
+    def abort(self) -> None:
+        self.ended = "aborted"
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __eq__(self, other: object) -> bool:
+        return self.counts == other if isinstance(other, list) else NotImplemented
+
+
 def run_with_deadline(fn, deadline_s: float):  # type: ignore[no-untyped-def]
     """Call ``fn()`` on a thread; fail the test (instead of hanging the suite) past ``deadline_s``.
 

@@ -28,7 +28,7 @@ from faults.fs import entries
 from faults.media import count_frames, sample_frames
 from faults.mjpeg import MjpegCamera
 from faults.proc import MODEL_ARGS, LiveProcess, assert_one_clear_line, cli_env, fake_streamer
-from helpers import FakeBackend
+from helpers import FakeBackend, FrameCounter
 from streamer.pipeline import Pipeline, PipelineConfig
 from streamer.sinks import NullSink
 from streamer.sources import open_source
@@ -157,9 +157,9 @@ def test_hung_model_raises_model_hung_and_keeps_the_frames(short_clip: Path) -> 
     """In process: the watchdog's error is a :class:`ModelHung` (a :class:`PipelineError`, exit 1)
     naming the frames kept, and the run finalises them rather than discarding them."""
     release = threading.Event()
-    seen: list[object] = []
+    seen = FrameCounter()
     config = PipelineConfig(stall_timeout_s=0.5, join_timeout_s=0.5, batch=1)
-    pipeline = Pipeline(open_source(str(short_clip)), NullSink(), lambda: _BlockingBackend(5, release), config, on_frame=seen.append)
+    pipeline = Pipeline(open_source(str(short_clip)), NullSink(), lambda: _BlockingBackend(5, release), config, observers=[seen])
     try:
         with pytest.raises(ModelHung) as info:
             pipeline.run()

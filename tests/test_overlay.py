@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engines.backends.base import Prediction
-from streamer.overlay import FrameInfo, LabelAnnotator, StatsAnnotator
+from streamer.overlay import LabelAnnotator, Result, StatsAnnotator
 
 PREDICTION = Prediction(
     (281, 282, 285),
@@ -17,7 +17,7 @@ PREDICTION = Prediction(
     ("tabby, tabby cat", "tiger cat", "Egyptian cat"),
 )
 WARNING = "RANDOM WEIGHTS - for timing only, labels are meaningless"
-INFO = FrameInfo(24.96, 123.4, "efficientnet_lite0 | torch fp32 cpu")
+INFO = Result(PREDICTION, 24.96, 123.4, "efficientnet_lite0 | torch fp32 cpu")
 SIZES = [(160, 90), (320, 180), (640, 480), (1280, 720), (1920, 1080), (3840, 2160)]
 PORTRAIT = [(90, 160), (720, 1280), (1080, 1920)]  # phone video
 
@@ -47,7 +47,7 @@ def real_frame(sample_images: Path) -> np.ndarray:
 
 def test_label_annotator_draws_in_a_top_band(real_frame: np.ndarray) -> None:
     h, w = real_frame.shape[:2]
-    out = LabelAnnotator(1).annotate(real_frame.copy(), PREDICTION)
+    out = LabelAnnotator(1).annotate(real_frame.copy(), INFO)
     rows = _changed_rows(real_frame, out)
     assert rows.size and rows[0] == 0
     assert rows[-1] < h // 4, "nothing drawn below the top band"
@@ -59,11 +59,11 @@ def test_label_annotator_draws_in_a_top_band(real_frame: np.ndarray) -> None:
 
 
 def test_more_labels_make_a_taller_band(real_frame: np.ndarray) -> None:
-    one = _changed_rows(real_frame, LabelAnnotator(1).annotate(real_frame.copy(), PREDICTION))[-1]
-    three = _changed_rows(real_frame, LabelAnnotator(3).annotate(real_frame.copy(), PREDICTION))[-1]
+    one = _changed_rows(real_frame, LabelAnnotator(1).annotate(real_frame.copy(), INFO))[-1]
+    three = _changed_rows(real_frame, LabelAnnotator(3).annotate(real_frame.copy(), INFO))[-1]
     assert three > 2 * one
     # topk beyond what the prediction holds draws what there is
-    five = _changed_rows(real_frame, LabelAnnotator(5).annotate(real_frame.copy(), PREDICTION))[-1]
+    five = _changed_rows(real_frame, LabelAnnotator(5).annotate(real_frame.copy(), INFO))[-1]
     assert five == three
 
 
@@ -80,8 +80,8 @@ def test_stats_annotator_draws_in_a_bottom_band(real_frame: np.ndarray) -> None:
 
 def test_stats_text_changes_with_the_numbers(real_frame: np.ndarray) -> None:
     a = StatsAnnotator().annotate(real_frame.copy(), INFO)
-    b = StatsAnnotator().annotate(real_frame.copy(), FrameInfo(5.0, 900.0, INFO.model_line))
-    unknown = StatsAnnotator().annotate(real_frame.copy(), FrameInfo(None, None, INFO.model_line))
+    b = StatsAnnotator().annotate(real_frame.copy(), Result(PREDICTION, 5.0, 900.0, INFO.model_line))
+    unknown = StatsAnnotator().annotate(real_frame.copy(), Result(PREDICTION, None, None, INFO.model_line))
     assert not np.array_equal(a, b)
     assert not np.array_equal(a, unknown)
 
@@ -91,7 +91,7 @@ def test_random_weights_warning_is_drawn_in_red(size: tuple[int, int]) -> None:
     w, h = size
     frame = _grey(w, h)
     plain = StatsAnnotator().annotate(frame.copy(), INFO)
-    warned = StatsAnnotator().annotate(frame.copy(), FrameInfo(INFO.fps, INFO.latency_ms, INFO.model_line, WARNING))
+    warned = StatsAnnotator().annotate(frame.copy(), Result(PREDICTION, INFO.fps, INFO.latency_ms, INFO.model_line, WARNING))
     assert _red_text_pixels(plain) == 0
     assert _red_text_pixels(warned) > 50
     plain_rows, warned_rows = _changed_rows(frame, plain), _changed_rows(frame, warned)
@@ -102,16 +102,16 @@ def test_random_weights_warning_is_drawn_in_red(size: tuple[int, int]) -> None:
 
 def _assert_text_fits(w: int, h: int, topk: int) -> None:
     frame = _grey(w, h)
-    out = LabelAnnotator(topk).annotate(frame.copy(), PREDICTION)
-    out = StatsAnnotator().annotate(out, FrameInfo(INFO.fps, INFO.latency_ms, INFO.model_line, WARNING))
+    out = LabelAnnotator(topk).annotate(frame.copy(), INFO)
+    out = StatsAnnotator().annotate(out, Result(PREDICTION, INFO.fps, INFO.latency_ms, INFO.model_line, WARNING))
     assert out.shape == frame.shape and out.dtype == np.uint8
     # text pixels are brighter than the darkened band (128 * 2 // 5 = 51): none may reach the right edge
     text = (out.max(axis=2) > 60) & (out != frame).any(axis=2)
     cols = np.nonzero(text.any(axis=0))[0]
     assert cols.size, "something was drawn"
     assert cols[-1] < w - 2, f"text runs off the right edge at {w}x{h}"
-    label_rows = _changed_rows(frame, LabelAnnotator(topk).annotate(frame.copy(), PREDICTION))
-    stats_rows = _changed_rows(frame, StatsAnnotator().annotate(frame.copy(), FrameInfo(1.0, 1.0, INFO.model_line, WARNING)))
+    label_rows = _changed_rows(frame, LabelAnnotator(topk).annotate(frame.copy(), INFO))
+    stats_rows = _changed_rows(frame, StatsAnnotator().annotate(frame.copy(), Result(PREDICTION, 1.0, 1.0, INFO.model_line, WARNING)))
     assert label_rows[-1] < stats_rows[0], f"label and stats bands overlap at {w}x{h}"
 
 
@@ -129,14 +129,14 @@ def test_text_fits_portrait_frames(size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", [(160, 90), (1920, 1080)])
 def test_text_on_real_frames_at_extreme_sizes(real_frame: np.ndarray, size: tuple[int, int]) -> None:
     frame = cv2.resize(real_frame, size, interpolation=cv2.INTER_AREA)
-    out = LabelAnnotator(3).annotate(frame.copy(), PREDICTION)
-    out = StatsAnnotator().annotate(out, FrameInfo(30.0, 33.0, INFO.model_line, WARNING))
+    out = LabelAnnotator(3).annotate(frame.copy(), INFO)
+    out = StatsAnnotator().annotate(out, Result(PREDICTION, 30.0, 33.0, INFO.model_line, WARNING))
     assert out.shape == frame.shape
     assert not np.array_equal(out, frame)
 
 
 def test_annotators_draw_in_place_and_return_the_frame(real_frame: np.ndarray) -> None:
     frame = real_frame.copy()
-    assert LabelAnnotator(1).annotate(frame, PREDICTION) is frame
+    assert LabelAnnotator(1).annotate(frame, INFO) is frame
     assert StatsAnnotator().annotate(frame, INFO) is frame
     assert not np.array_equal(frame, real_frame)

@@ -11,8 +11,8 @@ import pytest
 
 from engines.errors import ConfigError, SinkError
 from helpers import FailingVideoSink, files_in, read_frames, read_stamp
-from streamer.pipeline import PredictionsWriter
-from streamer.sinks import ImageFolderSink, NullSink, ThreadedSink, VideoFileSink, make_sink
+from streamer.sinks import PredictionsWriter
+from streamer.sinks import ImageFolderSink, NullSink, TeeSink, ThreadedSink, VideoFileSink, make_sink
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +280,10 @@ def test_threaded_sink_keeps_order_and_atomicity(tmp_path: Path, clip_frames: li
     assert files_in(tmp_path) == ["out.mkv"]
     assert [read_stamp(f) for f in read_frames(out)] == list(range(len(clip_frames)))
     assert sink.frames_written == len(clip_frames)
+    # It times its own writes (on the writer thread); a tee of it and a window reports the same timing.
+    assert sink.write_times.count == len(clip_frames) and sink.write_times.mean > 0
+    assert TeeSink([NullSink(), sink]).write_times.count == len(clip_frames)
+    assert NullSink().write_times is None
 
 
 def test_threaded_sink_reports_a_write_error_and_cleans_up(tmp_path: Path, clip_frames: list[np.ndarray]) -> None:
@@ -310,6 +314,7 @@ def test_predictions_file_is_atomic(tmp_path: Path) -> None:
 
     path = tmp_path / "p.jsonl"
     writer = PredictionsWriter(path)
+    assert files_in(tmp_path) == [], "nothing is on disk before the first frame"
     writer.write(Frame(0, np.zeros((2, 2, 3), np.uint8), 0.0, "a.jpg"), Prediction((1,), (0.5,), ("goldfish",)), 1.0)
     assert not path.exists() and writer.temp_path.exists() and writer.temp_path.name.startswith(".")
     writer.finalize()
@@ -320,6 +325,13 @@ def test_predictions_file_is_atomic(tmp_path: Path) -> None:
     second.abort()
     assert files_in(tmp_path) == ["p.jsonl"]
     assert path.read_text().count("\n") == 1
+
+
+def test_predictions_of_a_run_that_labelled_nothing_is_an_empty_file(tmp_path: Path) -> None:
+    writer = PredictionsWriter(tmp_path / "p.jsonl")
+    writer.finalize()
+    writer.finalize()  # once only
+    assert files_in(tmp_path) == ["p.jsonl"] and (tmp_path / "p.jsonl").read_text() == ""
 
 
 # -- ImageFolderSink with a pool of encode threads -------------------------------------------------

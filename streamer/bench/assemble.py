@@ -49,7 +49,7 @@ def base_row(case: Case, status: str, reason: str | None) -> dict[str, Any]:
         "reason": reason,
         "backend_description": None,
         "load": {k: None for k in ("cold_s", "warm_s", "cold_ready_s", "warm_ready_s", "cuda_context_s", "engine_build_s", "cold_cache_hit", "warm_cache_hit", "cache_dir_fresh")},
-        "first_frame": {"first_infer_ms": None, "cold_start_to_first_result_s": None, "source_open_to_first_frame_ms": None, "thread_warmup_ms": None},
+        "first_frame": {"first_infer_ms": None, "cold_start_to_first_result_s": None, "source_open_to_first_frame_ms": None},
         "timer": None,
         "latency_ms": _pick(None, LATENCY_KEYS),
         "latency_wall_ms": _pick(None, LATENCY_KEYS),
@@ -102,7 +102,6 @@ def case_row(case: Case, result: dict[str, Any], target_fps: float | None) -> di
         "first_infer_ms": net.get("first_infer_ms"),
         "cold_start_to_first_result_s": load.get("cold_ready_s"),
         "source_open_to_first_frame_ms": ((pipe or {}).get("start_to_first_frame_ms") or {}).get("mean"),
-        "thread_warmup_ms": ((pipe or {}).get("thread_warmup_ms") or {}).get("mean"),
     }
     memory = result.get("memory") or {}
     row["memory"].update(memory)

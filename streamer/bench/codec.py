@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from streamer.bench.stats import summarize
+from streamer.stats import summarize
 
 StepFn = Callable[[str, int, int], None]
 

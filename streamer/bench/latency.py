@@ -13,8 +13,10 @@ Network alone
 Pipeline
     :class:`streamer.pipeline.Pipeline` over the same source into a real video
     sink (so the write stage is encoding) or a :class:`NullSink`: one warm-up
-    run of ``warmup`` frames, then ``repeats`` full runs.  Per-stage times come
-    from the pipeline's own :class:`~streamer.stats.StageTimes`; the time per
+    run of ``warmup`` frames, then ``repeats`` full runs, all on the case's one
+    :class:`~streamer.inference.InferenceWorker` (the network timing above ran
+    on its thread too).  Per-stage times come from the pipeline's own bounded
+    :class:`~streamer.stats.StageTimes` (percentiles within 1%); the time per
     frame is the interval between successive frames leaving the render stage.
 """
 
@@ -23,17 +25,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, cast
-
-from streamer.bench.stats import across_repeats, interval_rate, intervals, summarize
-from streamer.stats import STAGES
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from streamer.stats import STAGES, Stats, across_repeats, interval_rate, intervals, summarize
 
 if TYPE_CHECKING:
     import torch
 
-    from engines.backends.base import Backend
+    from engines.backends.base import Backend, Prediction
+    from streamer.inference import InferenceWorker
+    from streamer.sources import Frame
+    from streamer.stats import Histogram
 
 StepFn = Callable[[str, int, int], None]
 
@@ -164,14 +168,14 @@ def time_network(
 
 @dataclass
 class FrameRecorder:
-    """Stands in for the pipeline's predictions writer: keeps per-frame timestamps, latency and top-1."""
+    """A run observer (:class:`streamer.sinks.ResultSink`): per-frame timestamps, latency and top-1 of one bench run."""
 
     times: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     top1: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
 
-    def write(self, frame: Any, prediction: Any, latency_ms: float) -> None:
+    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
         self.times.append(time.perf_counter())
         self.indices.append(int(frame.index))
         self.latency_ms.append(float(latency_ms))
@@ -184,85 +188,17 @@ class FrameRecorder:
         pass
 
 
-class KeepOpen:
-    """Hands an already-loaded backend to a Pipeline without letting the pipeline close it.
-
-    The pipeline builds and closes its backend around every run; the bench runs
-    the pipeline many times on one warm engine, so ``load`` and ``close`` are no-ops here.
-    """
-
-    def __init__(self, backend: "Backend") -> None:
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def load(self, warmup: bool = True) -> "KeepOpen":
-        return self
-
-    def close(self) -> None:
-        pass
-
-
-class GatedSource:
-    """A source that opens only once the pipeline's inference thread is warm.
-
-    PyTorch keeps cuDNN/cuBLAS handles and cuDNN execution plans per thread, so
-    a new pipeline's inference thread pays seconds on its first inference (for
-    eager fp16 convolutions especially).  ``streamer run`` pays that once, at
-    load, because the backend loads and warms up on that thread; the bench
-    reuses one loaded engine for many runs, so it warms each new inference
-    thread up (``Pipeline(on_loaded=...)``) and only then lets the source start
-    - for a live replay that is also when its clock starts.  The warm-up time is
-    recorded, not hidden.
-    """
-
-    kind = "gated"
-    reconnectable = False
-
-    def __init__(self, opener: Callable[[], Any], live: bool, display_name: str, timeout_s: float = 600.0) -> None:
-        import threading
-
-        self._opener = opener
-        self._inner: Any = None
-        self.live = live
-        self.display_name = display_name
-        self.unreadable = 0
-        self.gate = threading.Event()
-        self.opened_at: float | None = None
-        self._timeout_s = timeout_s
-
-    def read(self) -> Any:
-        if self._inner is None:
-            if not self.gate.wait(self._timeout_s):
-                raise TimeoutError("inference thread warm-up did not finish")
-            self._inner = self._opener()
-            self.opened_at = time.perf_counter()
-        frame = self._inner.read()
-        self.unreadable = self._inner.unreadable
-        return frame
-
-    def reopen(self) -> None:  # never called: not reconnectable
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self.gate.set()
-        if self._inner is not None:
-            self._inner.close()
-
-
 @dataclass
 class PipelineRun:
     wall_s: float
-    """From the source opening (after the warm-up) to the output finalised."""
+    """From the source opening to the output finalised."""
     frames_in: int
     frames_out: int
     dropped: int
     first_frame_s: float | None
     """From the source opening to the first annotated frame handed to the sink."""
-    warmup_s: float | None
-    """Warm-up of the pipeline's new inference thread (not part of any other figure)."""
-    stages: dict[str, list[float]]
+    stages: "dict[str, Histogram]"
+    """Seconds per frame, by stage (the pipeline's own bounded :class:`~streamer.stats.StageTimes`)."""
     recorder: FrameRecorder
 
     @property
@@ -278,25 +214,23 @@ class PipelineRun:
 
 def run_pipeline(
     source_text: str,
-    backend: "Backend",
+    worker: "InferenceWorker",
     *,
     sink_kind: str,
     out_dir: Path,
-    frame_size: tuple[int, int],
     fps: float,
     batch: int = 1,
     max_frames: int | None = None,
-    total_frames: int | None = None,
     realtime: bool = False,
     target_fps: float | None = None,
     warning: str | None = None,
 ) -> PipelineRun:
-    """One run of the real pipeline (``make_sink``'s sink, as ``streamer run -o`` builds it) on a loaded backend.
+    """One run of the real pipeline (``make_sink``'s sink, as ``streamer run -o`` builds it) on a loaded worker.
 
-    ``frame_size``/``fps`` open the sink before the source, so nothing runs
-    between the source starting and the pipeline starting.  The new inference
-    thread is warmed up with the batch shapes the run will use (``batch`` and
-    the last partial batch of ``total_frames``) before the source opens.
+    Every run of a case shares the case's one :class:`InferenceWorker`, so its
+    thread is warm (it loaded the backend) and nothing is rebuilt per run; the
+    worker is loaded before the source opens, so a live replay's clock starts
+    with the model ready.  ``fps`` is the sink's frame rate (``target_fps`` for a live replay).
     """
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import make_sink
@@ -308,56 +242,26 @@ def run_pipeline(
         target = str(out_dir / f"bench-images-{time.perf_counter_ns()}") + "/"
     else:
         target = str(out_dir / f"bench-{'live' if realtime else 'file'}-{time.perf_counter_ns()}.mp4")
-    rate = target_fps if (realtime and target_fps is not None) else fps
     sink = make_sink(target, False, overwrite=True)
-    sink.open(frame_size, rate)
-
-    def opener() -> Any:
-        src = open_source(source_text, SourceOptions(realtime=realtime))
-        if realtime and target_fps is not None:
-            src.fps = target_fps  # replay at the target rate instead of the file's own
-        return src
-
-    source = GatedSource(opener, live=realtime, display_name=Path(source_text).name)
-    shapes = [batch]
-    n = min(x for x in (max_frames, total_frames) if x is not None) if (max_frames or total_frames) else None
-    if n is not None and batch > 1 and n % batch:
-        shapes.append(n % batch)
-    warm: dict[str, float] = {}
-
-    def warm_up(loaded: Any) -> None:
-        try:
-            t0 = time.perf_counter()
-            _ = loaded.spec.labels  # first use imports torchvision's metadata (seconds, once per process)
-            blank = np.zeros((frame_size[1], frame_size[0], 3), dtype=np.uint8)
-            for k in shapes:
-                loaded.infer(loaded.preprocess([blank] * k))
-            loaded.synchronize()
-            warm["s"] = time.perf_counter() - t0
-        finally:
-            source.gate.set()
-
+    worker.wait_loaded()
+    opened = time.perf_counter()
+    source = open_source(source_text, SourceOptions(realtime=realtime))
+    # The sink's rate; a live replay also runs at it instead of the file's own.
+    source.fps = target_fps if (realtime and target_fps is not None) else fps
     recorder = FrameRecorder()
     config = PipelineConfig(batch=batch, max_frames=max_frames, stall_timeout_s=120.0)
-    keep = KeepOpen(backend)
-    pipeline = Pipeline(
-        cast(Any, source), sink, lambda: cast("Backend", keep), config, cast(Any, recorder), warning=warning,
-        on_loaded=warm_up,
-    )
+    pipeline = Pipeline(source, sink, worker, config, observers=[recorder], warning=warning)
     summary = pipeline.run()
     end = time.perf_counter()
     if target is not None:
         _remove(Path(target.rstrip("/")))
-    opened = source.opened_at if source.opened_at is not None else end
-    stages = {k: list(v) for k, v in pipeline.times.samples.items()}
     return PipelineRun(
         wall_s=end - opened,
         frames_in=summary.frames_in,
         frames_out=summary.frames_out,
         dropped=summary.dropped,
         first_frame_s=(recorder.times[0] - opened) if recorder.times else None,
-        warmup_s=warm.get("s"),
-        stages=stages,
+        stages=pipeline.times.snapshot(),
         recorder=recorder,
     )
 
@@ -378,16 +282,15 @@ def summarize_pipeline(runs: list[PipelineRun], sink_kind: str) -> dict[str, Any
     """Per-stage mean ± std across runs and percentiles over frames; frame interval; FPS."""
     stages: dict[str, Any] = {}
     for stage in STAGES:
-        per_run = [[s * 1000.0 for s in r.stages.get(stage, [])] for r in runs]
-        if any(per_run):
-            stages[stage] = across_repeats(per_run)
+        per_run = [r.stages[stage] for r in runs if stage in r.stages]
+        if per_run:
+            stages[stage] = _in_ms(across_repeats(per_run))
     means = {k: v["mean"] for k, v in stages.items() if isinstance(v.get("mean"), float)}
     slowest = max(means, key=lambda k: means[k]) if means else None
     groups = {name: sum(means.get(s, 0.0) for s in members) for name, members in THREAD_GROUPS.items()}
     fps = [r.fps for r in runs if r.fps is not None]
     render_fps = [r.render_fps for r in runs if r.render_fps is not None]
     first = [r.first_frame_s * 1000.0 for r in runs if r.first_frame_s is not None]
-    warm = [r.warmup_s * 1000.0 for r in runs if r.warmup_s is not None]
     return {
         "sink": SINK_TEXT.get(sink_kind, sink_kind),
         "runs": len(runs),
@@ -404,6 +307,15 @@ def summarize_pipeline(runs: list[PipelineRun], sink_kind: str) -> dict[str, Any
         "slowest_thread": max(groups, key=lambda k: groups[k]) if means else None,
         "wall_s": summarize([r.wall_s for r in runs]),
         "start_to_first_frame_ms": summarize(first),
-        "thread_warmup_ms": summarize(warm),
         "capture_to_render_ms": across_repeats([r.recorder.latency_ms for r in runs]),
     }
+
+
+def _in_ms(stats: Stats) -> Stats:
+    """``stats`` of seconds, in milliseconds."""
+    out = dict(stats)
+    for key in ("mean", "std", "min", "p50", "p95", "p99", "max"):
+        value = out.get(key)
+        if isinstance(value, float):
+            out[key] = value * 1000.0
+    return out

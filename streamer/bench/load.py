@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from engines.backends.base import Backend, LoadProgress
 from streamer.bench.memory import MemorySampler, engine_info
+from streamer.inference import InferenceWorker
 
 
 def init_cuda_context(device: str) -> float:
@@ -50,8 +51,13 @@ def measure_loads(
     make_backend: Callable[[], Backend],
     sampler: MemorySampler | None = None,
     progress: LoadProgress | None = None,
-) -> tuple[dict[str, Any], Backend]:
-    """Cold load, release, warm load. Returns the figures and the warm (loaded) backend."""
+) -> tuple[dict[str, Any], InferenceWorker]:
+    """Cold load, release, warm load. Returns the figures and the warm (loaded) worker.
+
+    The warm load is the :class:`InferenceWorker`'s own load, on its thread, so
+    everything measured after it (network alone, pipeline runs) runs on the
+    thread that loaded the backend, as ``streamer run`` does.  Its owner closes it.
+    """
     out: dict[str, Any] = {}
     if sampler is not None:
         sampler.phase("cold_load")
@@ -64,11 +70,15 @@ def measure_loads(
     del cold
     if sampler is not None:
         sampler.phase("warm_load")
-    warm = make_backend()
-    warm.load()
-    out["warm_s"] = warm.load_seconds
-    out["warm_ready_s"] = warm.ready_seconds
-    warm_info = engine_info(warm)
+    warm = InferenceWorker(make_backend).start()
+    try:
+        loaded = warm.wait_loaded()
+        warm_info = warm.call(engine_info).result()
+    except BaseException:
+        warm.close()
+        raise
+    out["warm_s"] = loaded.load_s
+    out["warm_ready_s"] = loaded.ready_s
     out["cold_cache_hit"] = cold_info["cache_hit"]
     out["warm_cache_hit"] = warm_info["cache_hit"]
     out["engine_build_s"] = cold_info["engine_build_s"]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from streamer.bench.latency import PipelineRun
-from streamer.bench.stats import interval_rate
+from streamer.stats import interval_rate
 
 MAX_DROP_FRACTION = 0.01
 MIN_RATE_FRACTION = 0.95

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from streamer.bench.stats import across_repeats, summarize
+from streamer.stats import across_repeats, summarize
 
 StepFn = Callable[[str, int, int], None]
 
@@ -194,8 +194,7 @@ def pipeline_folder(
     from engines.backends.base import BackendOptions
     from engines.models import WeightsChoice, get_spec
     from streamer.bench.latency import run_pipeline
-
-    import cv2
+    from streamer.inference import InferenceWorker
 
     config = dict(config or {"backend": "torch", "precision": "fp32", "cuda_graphs": False, "batch": 1})
     spec = get_spec(model)
@@ -205,29 +204,26 @@ def pipeline_folder(
     options = BackendOptions.for_batch(
         batch, device=device, threads=threads, precision=config["precision"], cuda_graphs=bool(config["cuda_graphs"])
     )
-    backend = create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)
-    backend.load()
-    first = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR)
-    size = (int(first.shape[1]), int(first.shape[0])) if first is not None else (640, 480)
-    common: dict[str, Any] = dict(sink_kind="images", out_dir=out_dir, frame_size=size, fps=30.0, batch=batch, total_frames=len(paths))
-    try:
-        run_pipeline(str(folder), backend, **common)  # warm-up pass
+    recipe = lambda: create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)  # noqa: E731
+    common: dict[str, Any] = dict(sink_kind="images", out_dir=out_dir, fps=30.0, batch=batch)
+    with InferenceWorker(recipe) as worker:
+        worker.wait_loaded()
+        run_pipeline(str(folder), worker, **common)  # warm-up pass
         runs = []
         for r in range(repeats):
-            runs.append(run_pipeline(str(folder), backend, **common))
+            runs.append(run_pipeline(str(folder), worker, **common))
             if step is not None:
                 step("pipeline on images", r + 1, repeats)
-    finally:
-        backend.close()
+        backend_device = worker.call(lambda backend: backend.device).result()
     walls = [r.wall_s for r in runs]
     n = runs[0].frames_out if runs else 0
-    stages = {name: round(float(np.mean(v)) * 1000.0, 3) for name, v in runs[-1].stages.items() if v} if runs else {}
+    stages = {name: round(float(h.mean or 0.0) * 1000.0, 3) for name, h in runs[-1].stages.items() if h.count} if runs else {}
     return {
         "method": "streamer.pipeline.Pipeline over the folder (OpenCV decode, threads) -> JPEG folder, "
         f"{describe_folder_config(config)}; wall time from opening the folder to the last file written",
         "config": config,
         "stages_ms": stages,
-        "device": backend.device,
+        "device": backend_device,
         "total_s": summarize(walls),
         "per_image_ms": summarize([w * 1000.0 / n for w in walls]) if n else summarize([]),
         "per_image_of": "each run's wall time / images (the pipeline overlaps images, so no per-image timer exists)",

@@ -213,20 +213,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             "on three threads (four with the file writer), so its time per frame is set by the busiest thread, not the "
             "sum; on a machine with few cores the threads also compete for them. Pipeline FPS = frames / wall time from "
             "the source opening to the output file finalised (the file throughput); the frame interval is the time "
-            "between frames leaving the render stage. Each run starts a new inference thread, which is warmed up "
-            "before the source opens (PyTorch keeps cuDNN plans per thread; `streamer run` pays this once, inside "
-            "load, on its own inference thread); that warm-up is shown apart below. *First frame* = source opened to "
+            "between frames leaving the render stage. Every run of a case shares one inference worker, whose thread "
+            "loaded the backend (PyTorch keeps cuDNN plans per thread; `streamer run` pays them once, inside load, "
+            "as here), so no run pays a thread warm-up. *First frame* = source opened to "
             "the first annotated frame handed to the sink, model loaded and warm; *cold start to first result* = the "
             "cold `load()` plus its first inference:",
             "",
         ]
         lines += _table(
-            ["case", "first frame ms", "inference-thread warm-up ms", "cold start to first result s", "run wall s (N frames)", "render-stage FPS"],
+            ["case", "first frame ms", "cold start to first result s", "run wall s (N frames)", "render-stage FPS"],
             [
                 [
                     _label(r),
                     _f(r["first_frame"].get("source_open_to_first_frame_ms"), 1),
-                    _f(r["first_frame"].get("thread_warmup_ms"), 1),
                     _f(r["first_frame"].get("cold_start_to_first_result_s")),
                     _pm(r["pipeline"].get("wall_s"), 2),
                     _pm(r["pipeline"].get("render_fps"), 1),
@@ -486,7 +485,7 @@ def _env(value: Any) -> str:
 CSV_COLUMNS = [
     "model", "weights", "backend", "precision", "variant", "device", "batch", "status", "reason",
     "load.cold_s", "load.warm_s", "load.cold_ready_s", "load.warm_ready_s", "load.cuda_context_s", "load.engine_build_s",
-    "first_frame.first_infer_ms", "first_frame.source_open_to_first_frame_ms", "first_frame.thread_warmup_ms",
+    "first_frame.first_infer_ms", "first_frame.source_open_to_first_frame_ms",
     "timer", "latency_ms.mean", "latency_ms.std", "latency_ms.p50", "latency_ms.p95", "latency_ms.p99", "per_image_ms", "throughput_fps",
     *(f"pipeline.stages_ms.{s}.mean" for s in STAGES),
     "pipeline.serial_ms_per_frame", "pipeline.frame_interval_ms.p50", "pipeline.frame_interval_ms.p99", "pipeline.fps.mean", "pipeline.fps.std", "pipeline.slowest_stage",

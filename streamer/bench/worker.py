@@ -71,7 +71,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from engines.backends import create_backend
-    from engines.backends.base import BackendOptions, resolve_device_name
+    from engines.backends.base import Backend, BackendOptions, resolve_device_name
     from engines.models import WeightsChoice, get_spec
     from streamer.bench import diff as diffmod
     from streamer.bench.environment import CpuUsage
@@ -111,7 +111,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
     try:
         emit("load (cold, then warm)")
-        figures, backend = measure_loads(
+        figures, inference = measure_loads(
             lambda: create_backend(job["backend"], spec, weights, options),
             sampler,
             progress=lambda phase, done, total: emit(f"build: {phase}", done, total),
@@ -125,7 +125,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     load.update(figures)
     load["cache_dir_fresh"] = cache_was_empty
     row["load"] = load
-    row["backend_description"] = backend.description
+    row["backend_description"] = inference.loaded.description if inference.loaded else ""
     from streamer.telemetry.jetson import JetsonSampler
 
     jetson = JetsonSampler.create()  # None off a Jetson; samples the measured phases below
@@ -135,7 +135,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         sampler.phase("network")
         emit("network alone: preprocessing the source", 0, job["repeats"])
 
-        def network() -> dict[str, Any]:
+        def network(backend: Backend) -> dict[str, Any]:
             batches = source_batches(backend, job["source"], job["batch"], job.get("max_frames"))
             try:
                 return time_network(backend, batches, job["repeats"], job["warmup"], step=emit)
@@ -144,9 +144,10 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
                 if cuda:
                     torch.cuda.empty_cache()
 
-        row["network"] = _section(errors, "network", network)
+        # On the worker's thread: the one that loaded the backend and runs the pipelines below.
+        row["network"] = _section(errors, "network", lambda: inference.call(network).result())
 
-        def output_change() -> dict[str, Any] | None:
+        def output_change(backend: Backend) -> dict[str, Any] | None:
             ref_dir = job.get("reference_dir")
             if not ref_dir:
                 return None
@@ -166,26 +167,23 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
 
         sampler.phase("diff")
         emit("output change")
-        row["diff"] = _section(errors, "diff", output_change)
+        row["diff"] = _section(errors, "diff", lambda: inference.call(output_change).result())
 
-        frame_size = tuple(job["frame_size"])
         common: dict[str, Any] = dict(
             sink_kind=job["sink"],
             out_dir=Path(job["work_dir"]),
-            frame_size=frame_size,
             fps=job.get("source_fps") or 30.0,
             batch=job["batch"],
-            total_frames=job.get("source_frames"),
             warning=warning,
         )
 
         def pipeline() -> dict[str, Any]:
             if job["warmup"] > 0:
-                run_pipeline(job["source"], backend, max_frames=job["warmup"], **common)
+                run_pipeline(job["source"], inference, max_frames=job["warmup"], **common)
             runs = []
             for r in range(job["repeats"]):
                 emit("pipeline", r, job["repeats"])
-                runs.append(run_pipeline(job["source"], backend, max_frames=job.get("max_frames"), **common))
+                runs.append(run_pipeline(job["source"], inference, max_frames=job.get("max_frames"), **common))
             emit("pipeline", job["repeats"], job["repeats"])
             out = summarize_pipeline(runs, job["sink"])
             out["frame_interval_samples_ms"] = [(b - a) * 1000.0 for r in runs for a, b in zip(r.recorder.times, r.recorder.times[1:])]
@@ -199,7 +197,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
                 return None
             emit("live replay")
             target = job.get("target_fps") or job["source_fps"]
-            run = run_pipeline(job["source"], backend, max_frames=job.get("max_frames"), realtime=True, target_fps=target, **common)
+            run = run_pipeline(job["source"], inference, max_frames=job.get("max_frames"), realtime=True, target_fps=target, **common)
             return replay_summary(run, target)
 
         sampler.phase("realtime")
@@ -230,7 +228,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             "cache_dir_mb": (engine_dir_bytes / MB) if engine_dir_bytes else None,
         }
         row["memory"] = memory
-        backend.close()
+        inference.close()
     if errors:
         row["status"] = "partial"
         row["reason"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
