@@ -234,17 +234,22 @@ class TensorRTBackend(Backend):
         path = self._runtime_cache_path
         if path is None or not hasattr(raw, "create_runtime_config"):
             return engine.engine.create_execution_context()
-        config = raw.create_runtime_config()
-        cache = config.create_runtime_cache() if hasattr(config, "create_runtime_cache") else None
-        if cache is not None:
-            if path.is_file():
-                try:
-                    cache.deserialize(path.read_bytes())
-                except Exception as exc:  # noqa: BLE001 - a stale cache only costs the JIT again
-                    log.warning("TensorRT-RTX runtime cache %s not used: %s", path.name, exc)
-            config.set_runtime_cache(cache)
-            self._runtime_cache = cache
-        context: Any = raw.create_execution_context(config)
+        try:
+            config = raw.create_runtime_config()
+            cache = config.create_runtime_cache() if hasattr(config, "create_runtime_cache") else None
+            if cache is not None:
+                if path.is_file():
+                    try:
+                        cache.deserialize(path.read_bytes())
+                    except Exception as exc:  # noqa: BLE001 - a stale cache only costs the JIT again
+                        log.warning("TensorRT-RTX runtime cache %s not used: %s", path.name, exc)
+                config.set_runtime_cache(cache)
+            context: Any = raw.create_execution_context(config)
+        except (AttributeError, TypeError) as exc:  # a binding without this runtime-config API
+            log.warning("TensorRT-RTX runtime cache not available (%s); every start pays the JIT", exc)
+            self._runtime_cache = None
+            return engine.engine.create_execution_context()
+        self._runtime_cache = cache
         return context
 
     def _save_runtime_cache(self) -> None:
