@@ -35,7 +35,10 @@ def _torch2trt_at_trt10() -> Any:
     """A torch2trt module double: its TensorRT-10 converter table; pad is there but calls the removed
     ``add_padding``, so it counts as not converting (``is_real`` False) until ours replaces it."""
     names = [line.strip() for line in DATA.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    import importlib.machinery
+
     module = types.ModuleType("torch2trt")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch2trt", None)
     module.CONVERTERS = {n: {"converter": None, "is_real": n != "torch.nn.functional.pad"} for n in names}
 
     def tensorrt_converter(method: str, is_real: bool = True, **_: Any) -> Any:
@@ -285,3 +288,42 @@ def test_trtmodule_runs_on_the_backends_stream() -> None:
     assert tuple(out.shape) == (1, 1000) and seen == [backend._stream.cuda_stream]
     assert seen[0] != torch.cuda.default_stream().cuda_stream
     backend.close()
+
+
+def test_torch2trt_key_covers_torch_model_code_and_torch2trt_not_the_workspace_on_10(
+    trt10: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from engines.backends import torch2trt_backend
+    from engines.backends.tensorrt import DeviceInfo
+    from engines.backends.torch2trt_backend import Torch2TRTBackend
+    from engines.cache import Store
+
+    t2t = _torch2trt_at_trt10()
+
+    def torch2trt(module: Any, inputs: Any, min_shapes: Any = None, **kw: Any) -> Any:
+        raise AssertionError("not reached")
+
+    t2t.torch2trt = torch2trt
+    t2t.__file__ = str(tmp_path / "torch2trt" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "torch2trt", t2t)
+    monkeypatch.setattr(torch2trt_backend, "cuda_device_info", lambda d: DeviceInfo("Orin", (8, 7), "12.6", d, 16, 7620))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    keys = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(self: Any, key: Any, *args: Any) -> Any:
+        keys.append(key)
+        raise Stop
+
+    monkeypatch.setattr(Store, "get_or_build", capture)
+    for workspace in (64, 128):
+        options = BackendOptions(device="cpu", precision="fp16", batch=1, workspace_mb=workspace, cache_dir=tmp_path)
+        with pytest.raises(Stop):
+            Torch2TRTBackend(get_spec("resnet18"), WeightsChoice("random"), options)._load_impl()
+    extra = dict(keys[0].extra)
+    assert extra["torch"] == torch.__version__ and len(extra["model_code"]) == 64
+    assert extra["torch2trt_code"].startswith("sources=")
+    assert keys[0].workspace_mb is None and keys[0].digest == keys[1].digest  # torch2trt ignores it on 10
+    assert keys[0].gpu_sm_count == 16 and keys[0].gpu_memory_mb == 7620
