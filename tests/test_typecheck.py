@@ -29,6 +29,8 @@ CHECKED = (
     "engines/backends/tensorrt/calibrator.py",
     "engines/backends/tensorrt/key.py",
     "engines/backends/torch2trt_backend.py",
+    "engines/backends/torch2trt_converters.py",
+    "tools/trt_rtx_check.py",
     "engines/backends/onnxruntime_backend.py",
     "streamer/cmd_engines.py",
 )
