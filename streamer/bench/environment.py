@@ -73,6 +73,12 @@ def gpu_info() -> list[dict[str, Any]]:
     return out
 
 
+def checkout_root() -> Path | None:
+    """The git checkout this package runs from (an editable install), or None for an installed package."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / ".git").exists() and (here / "streamer").is_dir() else None
+
+
 def git_state(repo: Path) -> dict[str, Any]:
     commit = _run(["git", "-C", str(repo), "rev-parse", "HEAD"])
     status = _run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])

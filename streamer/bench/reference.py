@@ -22,12 +22,6 @@ from streamer.stats import across_repeats, summarize
 StepFn = Callable[[str, int, int], None]
 
 
-def image_paths(folder: Path) -> list[Path]:
-    from streamer.sources import IMAGE_EXTENSIONS
-
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def find_labels(folder: Path) -> dict[str, Any]:
     """``labels.json`` in the image folder or its parent (the samples layout), else {}."""
     for candidate in (folder / "labels.json", folder.parent / "labels.json"):
@@ -198,7 +192,9 @@ def pipeline_folder(
 
     config = dict(config or {"backend": "torch", "precision": "fp32", "cuda_graphs": False, "batch": 1})
     spec = get_spec(model)
-    paths = image_paths(folder)
+    from streamer.sources import _image_paths_in
+
+    paths = _image_paths_in(folder)
     batch = max(1, min(int(config["batch"]), len(paths)))
     config["batch"] = batch
     options = BackendOptions.for_batch(
