@@ -22,12 +22,12 @@ import pytest
 
 from engines.errors import ConfigError, SinkError, SourceError
 from streamer.bench import diff as diffmod
+from streamer.bench.cli import config_from_args
 from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case, ModelChoice
 from streamer.bench.memory import engine_info, parse_compute_apps
 from streamer.bench.realtime import verdict
-from streamer.stats import across_repeats, interval_rate, summarize
-from streamer.bench.cli import config_from_args
 from streamer.cli import build_parser, main
+from streamer.stats import Stats, across_repeats, interval_rate, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO / "samples" / "video" / "bigbuckbunny.mp4"
@@ -316,7 +316,15 @@ def test_verdict() -> None:
 
 
 def test_results_round_trip_through_json() -> None:
-    from streamer.bench.results import CaseResult, CaseSpec, LoadFigures, Parity, Replay, job_from_json, job_to_json
+    from streamer.bench.results import (
+        CaseResult,
+        CaseSpec,
+        LoadFigures,
+        Parity,
+        Replay,
+        job_from_json,
+        job_to_json,
+    )
 
     spec = CaseSpec(key="k", label="l", model="m", weights="random", backend="torch", precision="fp32", device="cpu", batch=1,
                     source="s.mp4", work_dir="/tmp", repeats=2, warmup=1, sink="null", labels={"a.jpg": ["cat"]})
@@ -368,14 +376,21 @@ def test_gpu_shaped_report_renders(tmp_path: Path) -> None:
     """A report with a CUDA row (driver memory), a random-weights model and a failure, rendered without a GPU."""
     from streamer.bench.assemble import assemble
     from streamer.bench.report import write_reports
-    from streamer.bench.results import CaseResult, CaseSpec, Job, LoadFigures, MemoryFigures, NetworkFigures
+    from streamer.bench.results import (
+        CaseResult,
+        CaseSpec,
+        Job,
+        LoadFigures,
+        MemoryFigures,
+        NetworkFigures,
+    )
 
     alex = ModelChoice("alexnet", "random", note="its ImageNet weights are not on this machine")
     config = BenchConfig(
         source=VIDEO, images=IMAGES, report_dir=tmp_path, models=(alex,), backends=("torch", "tensorrt"),
         precisions=("fp16",), devices=("cuda:0",), batches=(1,), command="streamer bench --model alexnet",
     )
-    lat = {"mean": 1.0, "std": 0.1, "p50": 1.0, "p95": 1.2, "p99": 1.5, "min": 0.9, "max": 1.6, "n": 10, "repeats": 2}
+    lat: Stats = {"mean": 1.0, "std": 0.1, "p50": 1.0, "p95": 1.2, "p99": 1.5, "min": 0.9, "max": 1.6, "n": 10, "repeats": 2}
     ok = CaseResult(
         status="ok",
         load=LoadFigures(cold_s=2.5, warm_s=0.4, cuda_context_s=0.3),

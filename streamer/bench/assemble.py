@@ -16,9 +16,17 @@ from streamer.bench import environment
 from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case
 from streamer.bench.paths import display_path
 from streamer.bench.realtime import verdict
-from streamer.bench.results import CaseResult, CodecSpec, Job, JobResult, LabSpec, LoadFigures, MemoryFigures, ReferenceSpec
+from streamer.bench.results import (
+    CaseResult,
+    CodecSpec,
+    Job,
+    JobResult,
+    LabSpec,
+    LoadFigures,
+    MemoryFigures,
+    ReferenceSpec,
+)
 from streamer.stats import Stats, summarize
-
 
 SCHEMA_VERSION = 1
 LAB_IMAGES = 11
@@ -173,7 +181,7 @@ def assemble(
     notes = _notes(config, rows, images, env)
     busy = [r for r in rows if ((r.get("machine_load") or {}).get("other_processes") or 0.0) > BUSY_THRESHOLD]
     if busy:
-        worst = max((r["machine_load"]["other_processes"] for r in busy))
+        worst = max(r["machine_load"]["other_processes"] for r in busy)
         notes.insert(
             0,
             f"WARNING: other processes were using the CPU during {len(busy)} of the measured cases (up to {worst * 100:.0f} % "

@@ -12,8 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.bench.config import DEFAULT_VARIANTS, SINKS, WEIGHTS_AUTO, BenchConfig, ModelChoice, parse_int_list, split_list
-
+from streamer.bench.config import (
+    DEFAULT_VARIANTS,
+    SINKS,
+    WEIGHTS_AUTO,
+    BenchConfig,
+    ModelChoice,
+    parse_int_list,
+    split_list,
+)
 from streamer.bench.paths import display_path
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -23,7 +30,7 @@ DEFAULT_IMAGES = SAMPLES / "images"
 EXIT_NOT_REALTIME = 3
 
 
-def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
+def add_bench_command(subparsers: argparse._SubParsersAction[Any]) -> None:
     from engines.backends import BACKEND_NAMES
     from streamer.cli import _positive_float, _positive_int, add_model_arguments
 
@@ -101,7 +108,13 @@ def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 
 def _models(text: str | None, weights: str) -> tuple[list[ModelChoice], list[str]]:
-    from engines.models import DEFAULT_MODEL, WeightsChoice, get_spec, imagenet_weights_available, resolve_weights_file
+    from engines.models import (
+        DEFAULT_MODEL,
+        WeightsChoice,
+        get_spec,
+        imagenet_weights_available,
+        resolve_weights_file,
+    )
     from streamer.cli import resolve_model
 
     notes: list[str] = []

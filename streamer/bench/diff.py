@@ -7,7 +7,8 @@ tensors (cast to its input precision), so what differs is the engine alone.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

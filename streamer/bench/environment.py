@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _run(cmd: list[str], timeout: float = 15.0) -> str | None:
     if shutil.which(cmd[0]) is None:
         return None

@@ -23,14 +23,22 @@ Pipeline
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamer.bench.results import NetworkFigures, PipelineFigures
-from streamer.stats import STAGES, Stats, across_repeats, interval_rate, intervals, summarize
+from streamer.stats import (
+    STAGES,
+    Stats,
+    across_repeats,
+    interval_rate,
+    intervals,
+    summarize,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +67,7 @@ SINK_TEXT = {
 class CallTimer:
     """Times one call: CUDA events and wall clock on a GPU, wall clock + synchronize on the CPU."""
 
-    def __init__(self, backend: "Backend") -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.cuda = backend.device.startswith("cuda")
         self.name = "cuda_events" if self.cuda else "perf_counter+synchronize"
@@ -88,7 +96,7 @@ class CallTimer:
         return wall, wall
 
 
-def source_batches(backend: "Backend", source_text: str, batch: int, max_frames: int | None = None) -> "list[torch.Tensor]":
+def source_batches(backend: Backend, source_text: str, batch: int, max_frames: int | None = None) -> list[torch.Tensor]:
     """The source's frames, decoded once and preprocessed by the backend into full batches on its input device.
 
     Frames are preprocessed as they are decoded, so the decoded frames are not
@@ -119,8 +127,8 @@ def source_batches(backend: "Backend", source_text: str, batch: int, max_frames:
 
 
 def time_network(
-    backend: "Backend",
-    batches: "list[torch.Tensor]",
+    backend: Backend,
+    batches: list[torch.Tensor],
     repeats: int,
     warmup: int,
     step: StepFn | None = None,
@@ -181,7 +189,7 @@ class FrameRecorder:
     top1: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
 
-    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
+    def write(self, frame: Frame, prediction: Prediction, latency_ms: float) -> None:
         self.times.append(time.perf_counter())
         self.indices.append(int(frame.index))
         self.latency_ms.append(float(latency_ms))
@@ -203,7 +211,7 @@ class PipelineRun:
     dropped: int
     first_frame_s: float | None
     """From the source opening to the first annotated frame handed to the sink."""
-    stages: "dict[str, Histogram]"
+    stages: dict[str, Histogram]
     """Seconds per frame, by stage (the pipeline's own bounded :class:`~streamer.stats.StageTimes`)."""
     recorder: FrameRecorder
 
@@ -220,7 +228,7 @@ class PipelineRun:
 
 def run_pipeline(
     source_text: str,
-    worker: "InferenceWorker",
+    worker: InferenceWorker,
     *,
     sink_kind: str,
     out_dir: Path,

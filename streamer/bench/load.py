@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from engines.backends.base import Backend, LoadProgress
 from streamer.bench.memory import MemorySampler, engine_info

@@ -179,9 +179,8 @@ def replot(report_dir: Path) -> list[str]:
     """
     import json
 
-    from streamer.bench.report import atomic_write_text, render_markdown
-
     from engines.errors import SourceError
+    from streamer.bench.report import atomic_write_text, render_markdown
 
     try:
         report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))

@@ -41,7 +41,7 @@ RULE_TEXT = (
 )
 
 
-def replay_summary(run: "PipelineRun", target_fps: float) -> Replay:
+def replay_summary(run: PipelineRun, target_fps: float) -> Replay:
     lat = np.asarray(run.recorder.latency_ms, dtype=np.float64)
     offered = run.frames_in
     return Replay(

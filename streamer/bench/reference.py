@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -200,7 +201,7 @@ def pipeline_folder(
     options = BackendOptions.for_batch(
         batch, device=device, threads=threads, precision=config["precision"], cuda_graphs=bool(config["cuda_graphs"])
     )
-    recipe = lambda: create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)  # noqa: E731
+    recipe = lambda: create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)
     common: dict[str, Any] = dict(sink_kind="images", out_dir=out_dir, fps=30.0, batch=batch)
     with InferenceWorker(recipe) as worker:
         worker.wait_loaded()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from engines.cache.store import atomic_write
 from streamer.bench.assemble import LAB_MAX_MEMORY_BYTES
@@ -92,9 +93,8 @@ def lab_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(["backend", "load time", "processing time per image", "max memory"], out)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def _section_header(report: dict[str, Any]) -> list[str]:
     rows: list[dict[str, Any]] = report["results"]
-    ok = _ok(rows)
     env = report["environment"]
     src = report["source"]
     lines: list[str] = [f"# {report['title']}", "", f"**Measured on: {report['device_line']}**", ""]
@@ -116,7 +116,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                      "but say nothing about its labels or output change.")
     if report.get("notes") or any(r.get("weights") == "random" for r in rows):
         lines.append("")
+    return lines
 
+
+def _section_summary(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    lines: list[str] = []
     lines += ["## Summary (batch 1), in the columns of the lab's published table", ""]
     lines += lab_table(rows)
     gpu = _gpu(rows)
@@ -147,7 +152,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "figure (nvidia-smi) beside `torch.cuda.max_memory_allocated` so the difference is visible.",
         "",
     ]
+    return lines
 
+
+def _section_verdict(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines += ["## Real-time verdict", ""]
     if report.get("verdicts"):
         lines += [f"- {v}" for v in report["verdicts"]]
@@ -158,7 +167,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("No verdict: no batch-1 case ran, or the source is not a video and no --target-fps was given.")
     lines.append("")
+    return lines
 
+
+def _section_network(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    gpu = _gpu(report["results"])
+    lines: list[str] = []
     lines += ["## Network alone", ""]
     lines += _table(
         ["case", "timer", "ms per call (mean ± std)", "p50", "p95", "p99", "ms per image", "images/s", "first call ms", "others' CPU"],
@@ -188,7 +203,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ("on a GPU the timer is a pair of CUDA events, with wall time beside it in report.json." if gpu else "on the CPU the timer is `perf_counter` around `infer()` + `synchronize()`."),
         "",
     ]
+    return lines
 
+
+def _section_pipeline(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     piped = [r for r in ok if r.get("pipeline")]
     if piped:
         sink = piped[0]["pipeline"].get("sink")
@@ -230,7 +250,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
         )
         lines.append("")
+    return lines
 
+
+def _section_replay(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     live = [r for r in ok if r.get("realtime")]
     if live:
         lines += ["## Live replay at the target rate", ""]
@@ -253,7 +278,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
         )
         lines.append("")
+    return lines
 
+
+def _section_parity(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     lines += ["## Output change against PyTorch fp32 on the CPU", ""]
     diffed = [r for r in ok if r.get("diff_vs_reference")]
     if diffed:
@@ -291,7 +321,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         elif ref.get("status") != "ok":
             lines += ["", f"Reference for {model} failed: {ref.get('reason')}"]
     lines.append("")
+    return lines
 
+
+def _section_memory(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     lines += ["## Memory", ""]
     lines += _table(
         ["case", "host peak RSS MB", "running pipeline MB", "host baseline MB", "GPU (driver) MB", "method", "torch max allocated MB", "engine file MB", "TRT device memory MB"],
@@ -322,7 +357,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "PyTorch's own tensors only. On a Jetson the figure is the process RSS (unified memory), labelled.",
         "",
     ]
+    return lines
 
+
+def _section_load(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     lines += ["## Load time details", ""]
     lines += _table(
         ["case", "cold s", "warm s", "cold + first inference s", "warm + first inference s", "CUDA context s", "engine build s", "cache hit cold / warm"],
@@ -341,7 +381,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         ],
     )
     lines.append("")
+    return lines
 
+
+def _section_reference_script(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     labs = report.get("lab_method") or []
     if labs:
         lines += ["## Reference script (one image at a time, as a naive script does) against the pipeline, same images, same device", ""]
@@ -382,8 +426,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "agree (their resizing differs slightly: PIL vs antialiased OpenCV interpolation; fp16 against the reference's fp32).",
             "",
         ]
-        staged = [(e, (e.get("pipeline") or {}).get("stages_ms")) for e in labs]
-        staged = [(e, st) for e, st in staged if st]
+        staged: list[tuple[dict[str, Any], dict[str, Any]]] = [(e, st) for e in labs if (st := (e.get("pipeline") or {}).get("stages_ms"))]
         if staged:
             names = sorted({k for _, st in staged for k in st})
             lines += _table(
@@ -391,7 +434,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [[e["model"], e["device"], *[_f(st.get(k), 2) for k in names]] for e, st in staged],
             )
             lines += ["", "The pipeline's stages on those images, mean milliseconds per image (last run); they overlap on separate threads.", ""]
+    return lines
 
+
+def _section_codec(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    lines: list[str] = []
     codec = report.get("codec_baseline")
     if codec:
         lines += ["## Decode-only and encode-only baseline", ""]
@@ -414,17 +462,34 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append("")
         else:
             lines += [f"- failed: {codec.get('reason')}", ""]
+    return lines
 
+
+def _section_skipped(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    lines: list[str] = []
     bad = [r for r in rows if r["status"] in ("skipped", "failed")]
     partial = [r for r in rows if r["status"] == "partial"]
     if bad or partial:
         lines += ["## Skipped and failed", ""]
         lines += _table(["case", "status", "reason"], [[row_label(r), r["status"], str(r.get("reason") or DASH)] for r in bad + partial])
         lines += ["", "No figure is given for these: nothing was measured.", ""]
+    return lines
 
+
+def _section_jetson(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    env = report["environment"]
+    lines: list[str] = []
     from streamer.telemetry.jetson import markdown_block
 
     lines += markdown_block(env, rows, row_label)  # [] off a Jetson
+    return lines
+
+
+def _section_environment(report: dict[str, Any]) -> list[str]:
+    env = report["environment"]
+    lines: list[str] = []
     lines += ["## Environment", ""]
     keys = [
         "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_cores_usable", "torch_threads", "host_memory_gb",
@@ -438,7 +503,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"GPU {g.get('index')}: {g.get('name')}, {g.get('memory_total_mb')} MiB, pstate {g.get('pstate')}, SM clock {g.get('sm_clock_mhz')}/{g.get('sm_clock_max_mhz')} MHz, power limit {g.get('power_limit_w')} W, persistence {g.get('persistence_mode')}")
     lines.append("")
+    return lines
 
+
+def _section_plots(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     plots = report.get("plots") or []
     if plots:
         lines += ["## Plots", ""]
@@ -457,6 +526,33 @@ def render_markdown(report: dict[str, Any]) -> str:
         "`samples.json` (raw per-call and per-frame times behind the percentiles), `bench.log` (the workers' logs).",
         "",
     ]
+    return lines
+
+
+SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _section_header,
+    _section_summary,
+    _section_verdict,
+    _section_network,
+    _section_pipeline,
+    _section_replay,
+    _section_parity,
+    _section_memory,
+    _section_load,
+    _section_reference_script,
+    _section_codec,
+    _section_skipped,
+    _section_jetson,
+    _section_environment,
+    _section_plots,
+)
+"""report.md, in order: each section renders itself from the report dict ([] when it has nothing to show)."""
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += section(report)
     return "\n".join(lines)
 
 

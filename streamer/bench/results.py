@@ -17,12 +17,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from typing_extensions import Self
+
 from streamer.bench.config import Case
 from streamer.stats import Stats
 
 T = TypeVar("T", bound="JsonRecord")
 Status = Literal["ok", "partial", "skipped", "failed"]
-JsonValue = Union[None, bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"]]
 
 
 def _dataclass_in(hint: Any) -> type | None:
@@ -70,7 +71,7 @@ class JsonRecord:
         return out
 
     @classmethod
-    def from_json(cls: type[T], data: dict[str, Any]) -> T:
+    def from_json(cls, data: dict[str, Any]) -> Self:
         return from_json(cls, data)
 
 
@@ -150,7 +151,7 @@ class CodecSpec(JsonRecord):
     max_frames: int | None = None
 
 
-JobSpec = Union[CaseSpec, ReferenceSpec, LabSpec, CodecSpec]
+JobSpec = CaseSpec | ReferenceSpec | LabSpec | CodecSpec
 
 
 @dataclass

@@ -17,17 +17,26 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from engines.errors import ConfigError, SinkError
 from streamer.bench.assemble import BUSY_THRESHOLD, Report
 from streamer.bench.config import BenchConfig, Case
 from streamer.bench.progress import BenchProgress
-from streamer.bench.results import CaseResult, CaseSpec, CodecSpec, Job, JobResult, LabSpec, ReferenceSpec, job_to_json
+from streamer.bench.results import (
+    CaseResult,
+    CaseSpec,
+    CodecSpec,
+    Job,
+    JobResult,
+    LabSpec,
+    ReferenceSpec,
+    job_to_json,
+)
 from streamer.bench.worker import PROGRESS_PREFIX
 
 REPORT_FILES = ("report.md", "report.json", "report.csv")
-AnyResult = Union[CaseResult, JobResult]
+AnyResult = CaseResult | JobResult
 
 
 def prepare_report_dir(path: Path, overwrite: bool) -> None:

@@ -15,8 +15,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 from streamer.bench.results import (
     CaseResult,
@@ -35,6 +36,7 @@ from streamer.bench.results import (
 )
 
 PROGRESS_PREFIX = "@@bench "
+T = TypeVar("T")
 
 log = logging.getLogger("streamer.bench")
 
@@ -72,7 +74,7 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _section(errors: dict[str, str], name: str, fn: Callable[[], Any]) -> Any:
+def _section(errors: dict[str, str], name: str, fn: Callable[[], T]) -> T | None:
     """Run one measurement; a failure is recorded for that section and the case goes on."""
     try:
         return fn()
@@ -91,9 +93,22 @@ def run_case(job: CaseSpec) -> CaseResult:
     from engines.models import WeightsChoice, get_spec
     from streamer.bench import diff as diffmod
     from streamer.bench.environment import CpuUsage
-    from streamer.bench.latency import run_pipeline, source_batches, summarize_pipeline, time_network
+    from streamer.bench.latency import (
+        run_pipeline,
+        source_batches,
+        summarize_pipeline,
+        time_network,
+    )
     from streamer.bench.load import init_cuda_context, measure_loads
-    from streamer.bench.memory import MB, GpuProbe, MemorySampler, dir_size_bytes, host_peak_rss_mb, host_rss_mb, is_jetson
+    from streamer.bench.memory import (
+        MB,
+        GpuProbe,
+        MemorySampler,
+        dir_size_bytes,
+        host_peak_rss_mb,
+        host_rss_mb,
+        is_jetson,
+    )
     from streamer.bench.realtime import replay_summary
     from streamer.telemetry.jetson import JetsonSampler
 
