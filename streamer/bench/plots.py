@@ -191,6 +191,11 @@ def replot(report_dir: Path) -> list[str]:
     wanted = set(report.get("plots") or [])
     written = write_plots(report, report_dir, report_dir)
     report.pop("samples", None)
+    if any(r.get("realtime") and "failed" not in r["realtime"] for r in report.get("results") or []):
+        note = ("Redrawn with a newer streamer: the verdicts above were judged when the report was measured, under that "
+                "version's rule; the rule text printed is the current one.")
+        if note not in report.setdefault("notes", []):
+            report["notes"].append(note)
     lost = sorted(wanted - set(written))
     if lost:
         report.setdefault("notes", []).append(
