@@ -335,6 +335,46 @@ def test_results_round_trip_through_json() -> None:
     assert again == result and isinstance(again.load, LoadFigures) and isinstance(again.replay, Replay)
 
 
+def test_require_realtime_names_the_slow_cases() -> None:
+    from streamer.bench.cli import EXIT_NOT_REALTIME, realtime_failure
+
+    def row(label: str, capable: bool | None, failed: list[str]) -> dict[str, Any]:
+        return {"key": label, "label": label, "status": "ok", "realtime": {"capable": capable, "failed": failed}}
+
+    assert EXIT_NOT_REALTIME == 3
+    assert realtime_failure([row("a", True, []), row("b", None, [])]) is None
+    problem = realtime_failure([row("a", True, []), row("b", False, ["headroom"])])
+    assert problem is not None and "1 of 2" in problem and "b (headroom failed)" in problem
+    assert realtime_failure([row("b", None, [])]) == "no case has a real-time verdict (batch 1 on a video file, without --no-realtime)"
+
+
+def test_images_default_to_an_image_folder_source(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(IMAGES / "cat.jpg", folder / "cat.jpg")
+    args = build_parser().parse_args(["bench", str(folder), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r")])
+    assert config_from_args(args).images == folder.resolve()
+    args = build_parser().parse_args(["bench", str(VIDEO), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r")])
+    assert config_from_args(args).images == IMAGES.resolve()
+
+
+def test_run_time_estimate_counts_cases_repeats_and_frames(tmp_path: Path) -> None:
+    from streamer.bench.results import CaseSpec, Job
+    from streamer.bench.runner import describe_estimate, estimate_seconds
+
+    config = BenchConfig(source=VIDEO, images=IMAGES, report_dir=tmp_path, models=(ModelChoice("efficientnet_lite0", "imagenet"),),
+                         backends=("torch",), precisions=("fp32",), devices=("cpu",), batches=(1,), repeats=2, max_frames=40)
+
+    def job(repeats: int) -> Job:
+        return Job("x", CaseSpec(key="k", label="x", model="m", weights="imagenet", backend="torch", precision="fp32", device="cpu",
+                                 batch=1, source=str(VIDEO), work_dir="/tmp", repeats=repeats, warmup=1, sink="video", realtime=True, source_fps=25.0))
+
+    source = {"frames": 132, "fps": 25.0}
+    one, more = estimate_seconds(config, [job(2)], source, 2), estimate_seconds(config, [job(5)], source, 2)
+    assert 0 < one < more and estimate_seconds(config, [job(2), job(2)], source, 2) == pytest.approx(2 * one)
+    assert "1 jobs (1 cases); estimated run time about" in describe_estimate(one, [job(2)])
+
+
 def test_only_disturbed_measured_cases_are_retried() -> None:
     from streamer.bench.results import CaseResult
     from streamer.bench.runner import _others

@@ -26,7 +26,7 @@ from streamer.bench.results import (
     MemoryFigures,
     ReferenceSpec,
 )
-from streamer.stats import Stats, summarize
+from streamer.stats import Stats
 
 SCHEMA_VERSION = 1
 LAB_IMAGES = 11
@@ -40,7 +40,8 @@ Report = dict[str, Any]
 
 
 def _empty_stats() -> Stats:
-    return summarize([])
+    """The statistics of a figure that was not measured: every field None (not n = 0: nothing was counted)."""
+    return dict.fromkeys(("mean", "std", "p50", "p95", "p99", "min", "max", "n", "repeats"))
 
 
 def case_row(case: Case, result: CaseResult, target_fps: float | None) -> dict[str, Any]:

@@ -224,7 +224,7 @@ def estimate_seconds(config: BenchConfig, jobs: list[Job], source: dict[str, Any
 
 
 def describe_estimate(seconds: float, jobs: list[Job]) -> str:
-    cases = sum(1 for j in jobs if j.case is not None)
+    cases = sum(1 for j in jobs if isinstance(j.spec, CaseSpec))
     when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return f"streamer: {len(jobs)} jobs ({cases} cases); estimated run time about {when} (a rough guess from the number of cases, repeats and frames)"
 
