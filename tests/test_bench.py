@@ -303,10 +303,10 @@ def test_verdict() -> None:
     def replay(dropped: int, fps: float) -> Replay:
         return Replay(25.0, 100, 100 - dropped, dropped, dropped / 100, fps, 10.0, 20.0, 30.0)
 
-    busiest, slowest = ("render thread (render + write)", 18.0), ("inference", 15.0)
+    busiest, slowest = ("writer thread (write)", 18.0), ("inference", 15.0)
     v = verdict("x", 25.0, replay(0, 25.0), 20.0, busiest, slowest)
     assert v.capable is True and v.failed == [] and v.headroom_p99 == pytest.approx(2.0) and "REAL-TIME" in v.verdict
-    assert "busiest thread: render thread" in v.verdict and "slowest stage: inference 15.0" in v.verdict
+    assert "busiest thread: writer thread" in v.verdict and "slowest stage: inference 15.0" in v.verdict
     v = verdict("x", 25.0, replay(30, 17.0), 20.0, busiest, slowest)
     assert v.capable is False and v.failed == ["replay"] and "NOT real-time" in v.verdict and "live replay FAILED" in v.verdict
     v = verdict("x", 25.0, replay(0, 25.0), 50.0, busiest, slowest)  # the replay held, but p99 headroom is 0.8

@@ -53,8 +53,11 @@ StepFn = Callable[[str, int, int], None]
 THREAD_GROUPS: dict[str, tuple[str, ...]] = {
     "capture thread (decode)": ("decode",),
     "inference thread (preprocess + inference + postprocess)": ("preprocess", "inference", "postprocess"),
-    "render thread (render + write)": ("render", "write"),
+    "render thread (render)": ("render",),
+    "writer thread (write)": ("write",),
 }
+"""Which thread runs each stage. make_sink puts every file sink behind a ThreadedSink, so "write" (encoding)
+runs on its own writer thread, not on the render thread; a sink without one ("null") has no write stage."""
 
 
 SINK_TEXT = {

@@ -215,11 +215,11 @@ def estimate_seconds(config: BenchConfig, jobs: list[Job], source: dict[str, Any
             replay_s = frames / (spec.target_fps or spec.source_fps or 30.0) if spec.realtime and spec.batch == 1 else 0.0
             total += LOAD_COST_S.get(spec.backend, 15.0) + (spec.warmup + (passes - 1) * frames) / fps + replay_s
         elif isinstance(spec, LabSpec):
-            total += 10.0 + 2 * spec.repeats * images / FPS_GUESS["cpu" if spec.device == "cpu" else "cuda"]
+            total += 20.0 + 4 * spec.repeats * images / FPS_GUESS["cpu" if spec.device == "cpu" else "cuda"]
         elif isinstance(spec, CodecSpec):
             total += 2 * spec.repeats * frames / 200.0
         else:
-            total += 5.0 + images / 10.0
+            total += 20.0 + images
     return total
 
 
