@@ -225,8 +225,8 @@ def _section_pipeline(report: dict[str, Any]) -> list[str]:
         lines += _table(header, body)
         lines += [
             "",
-            "The pipeline runs capture (decode), inference (preprocess, inference, postprocess) and render (render, write) "
-            "on three threads (four with the file writer), so its time per frame is set by the busiest thread, not the "
+            "The pipeline runs capture (decode), inference (preprocess, inference, postprocess), render (render) and, "
+            "behind a file sink, the writer (write = encoding) on four threads (three with the null sink), so its time per frame is set by the busiest thread, not the "
             "sum; on a machine with few cores the threads also compete for them. Pipeline FPS = frames / wall time from "
             "the source opening to the output file finalised (the file throughput); the frame interval is the time "
             "between frames leaving the render stage. Every run of a case shares one inference worker, whose thread "
