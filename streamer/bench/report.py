@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from streamer.bench.assemble import LAB_MAX_MEMORY_BYTES
 from streamer.bench.config import RANDOM_NOTE
 from streamer.bench.realtime import RULE_TEXT
 from streamer.bench.reference import describe_folder_config
+from streamer.bench.results import LoadFigures, MemoryFigures, Replay, Verdict
 from streamer.stats import STAGES
 
 DASH = "—"
@@ -571,21 +574,33 @@ def _env(value: Any) -> str:
     return text.replace("\n", "; ")[:300]
 
 
+def _scalar_fields(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """``prefix.field`` for each field of dataclass ``cls`` that holds one value (not a mapping or a list)."""
+    hints = typing.get_type_hints(cls)
+    return [
+        f"{prefix}.{f.name}"
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and not any(kind in str(hints[f.name]) for kind in ("dict[", "list["))
+    ]
+
+
 CSV_COLUMNS = [
     "model", "weights", "backend", "precision", "variant", "device", "batch", "status", "reason",
-    "load.cold_s", "load.warm_s", "load.cold_ready_s", "load.warm_ready_s", "load.cuda_context_s", "load.engine_build_s",
+    *_scalar_fields(LoadFigures, "load"),
     "first_frame.first_infer_ms", "first_frame.source_open_to_first_frame_ms",
     "timer", "latency_ms.mean", "latency_ms.std", "latency_ms.p50", "latency_ms.p95", "latency_ms.p99", "per_image_ms", "throughput_fps",
     *(f"pipeline.stages_ms.{s}.mean" for s in STAGES),
-    "pipeline.serial_ms_per_frame", "pipeline.frame_interval_ms.p50", "pipeline.frame_interval_ms.p99", "pipeline.fps.mean", "pipeline.fps.std", "pipeline.busiest_thread", "pipeline.busiest_thread_ms", "pipeline.slowest_stage", "pipeline.slowest_stage_ms",
-    "memory.host_peak_mb", "memory.host_baseline_mb", "memory.gpu_process_mb", "memory.gpu_method", "memory.torch_max_allocated_mb",
-    "memory.unified_memory_mb", "memory.engine_file_mb", "memory.trt_device_memory_mb",
+    "pipeline.serial_ms_per_frame", "pipeline.frame_interval_ms.p50", "pipeline.frame_interval_ms.p99", "pipeline.fps.mean", "pipeline.fps.std",
+    "pipeline.busiest_thread", "pipeline.busiest_thread_ms", "pipeline.slowest_stage", "pipeline.slowest_stage_ms",
+    *_scalar_fields(MemoryFigures, "memory", skip=("gpu_note",)),
     "diff_vs_reference.max_abs", "diff_vs_reference.mean_abs", "diff_vs_reference.max_rel", "diff_vs_reference.cosine",
     "diff_vs_reference.top1_agreement", "diff_vs_reference.top5_overlap",
-    "realtime.target_fps", "realtime.sustained_fps", "realtime.dropped", "realtime.latency_p50_ms", "realtime.latency_p99_ms",
-    "realtime.headroom_p99", "realtime.capable", "realtime.failed", "realtime.verdict",
+    *_scalar_fields(Replay, "realtime"),
+    *_scalar_fields(Verdict, "realtime", skip=("busiest_thread", "busiest_thread_ms", "slowest_stage", "slowest_stage_ms")),
+    "realtime.failed",
     "machine_load.other_processes", "attempts",
-]
+]  # fmt: skip
+"""report.csv's columns: the case, then the typed figures' scalar fields (:mod:`.results`) and chosen statistics."""
 
 
 def _get(row: dict[str, Any], dotted: str) -> Any:
@@ -605,6 +620,8 @@ def write_csv(report: dict[str, Any], path: Path) -> None:
             values = []
             for col in CSV_COLUMNS:
                 v = _get(row, col)
+                if isinstance(v, list):
+                    v = "+".join(map(str, v))
                 values.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
             writer.writerow(values)
 
