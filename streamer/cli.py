@@ -127,6 +127,8 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
+    p.add_argument("--no-labels", action="store_true", help="do not draw the labels on the frames")
+    p.add_argument("--no-stats", action="store_true", help="do not draw the FPS / latency / model band on the frames")
     add_model_arguments(p)
     p.set_defaults(func=cmd_run)
 
@@ -259,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             observers.append(progress)
         pipeline = Pipeline(
             source, sink, lambda: create_backend(backend_name, spec, weights, options), config,
-            observers=observers, warning=warning,
+            observers=observers, annotators=_annotators(args), warning=warning,
         )  # fmt: skip
         until_the_pipeline_owns_it.pop_all()
     print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", flush=True)
@@ -277,23 +279,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _annotators(args: argparse.Namespace) -> "list[Annotator]":
+    """The overlay parts ``--no-labels`` / ``--no-stats`` leave on."""
+    from streamer.overlay import Annotator, LabelAnnotator, StatsAnnotator
+
+    annotators: list[Annotator] = []
+    if not args.no_labels:
+        annotators.append(LabelAnnotator(args.topk))
+    if not args.no_stats:
+        annotators.append(StatsAnnotator())
+    return annotators
+
+
 class _ProgressObserver:
-    """The progress bar as a run observer: one tick per labelled frame."""
+    """The progress bar as a run observer: one tick per labelled frame.
+
+    Its FPS counts intervals from the first labelled frame, so the model load is not in it.
+    """
 
     def __init__(self, progress: "Progress", task: "TaskID") -> None:
-        import time
-
         self._progress = progress
         self._task = task
-        self._t0 = time.perf_counter()
+        self._first: float | None = None
         self.done = 0
 
     def write(self, frame: object, prediction: object, latency_ms: float) -> None:
         import time
 
+        now = time.perf_counter()
         self.done += 1
-        elapsed = time.perf_counter() - self._t0
-        self._progress.update(self._task, completed=self.done, fps=f"{self.done / elapsed:.1f}" if elapsed > 0 else "--")
+        if self._first is None:
+            self._first = now
+        elapsed = now - self._first
+        fps = f"{(self.done - 1) / elapsed:.1f}" if elapsed > 0 else "--"
+        self._progress.update(self._task, completed=self.done, fps=fps)
 
     def finalize(self) -> None:
         pass
@@ -450,3 +469,4 @@ if __name__ == "__main__":  # pragma: no cover
 if False:  # pragma: no cover - typing only
     from engines.backends.base import BackendOptions
     from engines.models import ModelSpec, WeightsChoice
+    from streamer.overlay import Annotator
