@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -22,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CAT = SAMPLE_IMAGES / "cat.jpg"
 
 
+def _imread(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    assert image is not None
+    return image
+
+
 @pytest.fixture(scope="module")
-def classifier() -> "streamer.Classifier":
+def classifier() -> "Iterator[streamer.Classifier]":
     with streamer.Classifier(model=MODEL, backend="torch", device="cpu", topk=3, batch=2) as c:
         yield c
 
@@ -52,7 +59,7 @@ def test_public_names() -> None:
 def test_classify_a_path_an_array_and_a_pil_image_alike(classifier: "streamer.Classifier") -> None:
     from_path = classifier.classify(CAT)
     from_str = classifier.classify(str(CAT))
-    from_array = classifier.classify(cv2.imread(str(CAT)))
+    from_array = classifier.classify(_imread(CAT))
     from_pil = classifier.classify(Image.open(CAT))
     assert isinstance(from_path, streamer.Prediction)
     assert len(from_path.labels) == len(from_path.scores) == len(from_path.indices) == 3
@@ -68,7 +75,7 @@ def test_classify_batch_keeps_order_across_batches(classifier: "streamer.Classif
     one_by_one = [classifier.classify(p) for p in paths]
     assert [p.labels for p in batched] == [p.labels for p in one_by_one]
     assert classifier.classify_batch([]) == []
-    grey = cv2.cvtColor(cv2.imread(str(CAT)), cv2.COLOR_BGR2GRAY)
+    grey = cv2.cvtColor(_imread(CAT), cv2.COLOR_BGR2GRAY)
     assert len(classifier.classify(grey).labels) == 3
 
 
