@@ -205,7 +205,7 @@ def _all_subparsers(parser: argparse.ArgumentParser) -> "list[argparse.ArgumentP
     return found
 
 
-def _build_completion_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _build_completion_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "completion",
         help="print a shell completion script (bash, zsh or fish)",

@@ -466,12 +466,12 @@ def test_models_command_prints_whole_names_on_an_80_column_terminal(tmp_path: Pa
 # -- overlay switches, global options, grouped help, shell completion ------------------------------
 def test_no_labels_and_no_stats_leave_the_overlay_off(tmp_path: Path, sample_images: Path) -> None:
     cat = sample_images / "cat.jpg"
-    original = cv2.imread(str(cat)).astype(int)
+    original = np.asarray(cv2.imread(str(cat)), dtype=int)
     outputs = {}
     for name, flags in (("bare", ["--no-labels", "--no-stats"]), ("labels", ["--no-stats"])):
         result = run_cli([*RUN, cat, "-o", tmp_path / name, *flags, *MODEL_ARGS], cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        outputs[name] = cv2.imread(str(tmp_path / name / files_in(tmp_path / name)[0])).astype(int)
+        outputs[name] = np.asarray(cv2.imread(str(tmp_path / name / files_in(tmp_path / name)[0])), dtype=int)
     h = original.shape[0]
     top, bottom = slice(0, h // 8), slice(h - h // 8, h)
     bare, labels = outputs["bare"], outputs["labels"]
