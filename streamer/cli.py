@@ -212,7 +212,7 @@ def _build_completion_parser(sub: argparse._SubParsersAction) -> None:
         description="Print a completion script for SHELL on stdout.",
         epilog="examples:\n"
         "  bash: streamer completion bash > ~/.local/share/bash-completion/completions/streamer\n"
-        "  zsh:  streamer completion zsh > \"${fpath[1]}/_streamer\"   (or: source <(streamer completion zsh))\n"
+        "  zsh:  source <(streamer completion zsh)   (in ~/.zshrc)\n"
         "  fish: streamer completion fish > ~/.config/fish/completions/streamer.fish\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
