@@ -115,6 +115,9 @@ class RunSummary:
     """What :attr:`latency` (and each observer's ``latency_ms``) measures: ``"capture->render"``
     for live sources; ``"ready->render"`` for files and folders, i.e. from the frame's capture or the
     model becoming ready, whichever is later (frames read during the load wait for it, not for the pipeline)."""
+    skipped_during_load: int = 0
+    """Live frames captured before the model was ready and too old once it was (not in ``dropped``):
+    at most the one frame a camera gives when it is opened, since live sources are read only after the load."""
     ready_s: float | None = None
     """Start of the run to the model being ready (load and warm-up; ~0 for a worker loaded before the run)."""
 
@@ -297,7 +300,10 @@ class Pipeline:
                 return None
             if not self.source.live or time.perf_counter() - first.t_capture <= self.config.max_frame_age_s:
                 break
-            self.summary.stale += 1  # e.g. the last frame before a lost connection
+            if self._ready_at is not None and first.t_capture < self._ready_at:
+                self.summary.skipped_during_load += 1  # the frame a camera gave when it was opened
+            else:
+                self.summary.stale += 1  # e.g. the last frame before a lost connection
         frames = [first]
         q = self._q_in
         while len(frames) < self.config.batch and isinstance(q, queue.Queue):

@@ -15,6 +15,8 @@ def print_summary(summary: RunSummary, source_name: str) -> None:
     head.add_column("what")
     head.add_column("value", justify="right")
     head.add_row("frames in / out / dropped", f"{summary.frames_in} / {summary.frames_out} / {summary.dropped}")
+    if summary.skipped_during_load:
+        head.add_row("live frames skipped during the model load (not in dropped)", str(summary.skipped_during_load))
     if summary.stale:
         head.add_row("live frames too old to classify (in dropped)", str(summary.stale))
     if summary.reconnects:

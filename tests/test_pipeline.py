@@ -17,6 +17,7 @@ from engines.errors import BackendError, PipelineError, SinkError, SourceError, 
 from engines.models import WeightsChoice, get_spec, imagenet_labels
 from helpers import (
     MODEL,
+    SAMPLE_VIDEO,
     SAMPLE_VIDEO_FRAMES,
     FailingSource,
     FailingVideoSink,
@@ -37,7 +38,7 @@ from streamer.overlay import LabelAnnotator, Result
 from streamer.pipeline import Pipeline, PipelineConfig
 from streamer.queues import EOS, LatestSlot
 from streamer.sinks import ImageFolderSink, NullSink, PredictionsWriter, ThreadedSink, VideoFileSink
-from streamer.sources import Source, SourceOptions, open_source
+from streamer.sources import Frame, Source, SourceOptions, open_source
 from streamer.stats import FpsMeter, LatencyStats, StageTimes
 
 ERROR_DEADLINE_S = 8.0  # a failing run must stop within a few seconds, never hang (generous: CI shares 2 cores)
@@ -560,3 +561,35 @@ def test_live_source_opened_before_a_slow_load_is_read_only_once_the_model_is_re
     assert all(t_cap >= ready_at for _, t_cap, _, _ in recorder.rows)
     for _, t_cap, lat_ms, at in recorder.rows:
         assert 0 <= lat_ms / 1000.0 <= at - t_cap
+
+
+class _Camera(Source):
+    """A live source of the sample clip's frames, like a camera: ``open`` captures its first frame."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__("camera(test)")
+        self.live = True
+        self._images = read_frames(SAMPLE_VIDEO, frames)
+
+    def _open_impl(self) -> None:
+        pass
+
+    def _read_impl(self) -> Frame | None:
+        if self._index >= len(self._images):
+            return None
+        time.sleep(0.02)
+        frame = Frame(self._index, self._images[self._index], time.perf_counter(), self.display_name)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_camera_frame_from_before_a_slow_load_is_skipped_during_load_not_dropped() -> None:
+    camera = _Camera(20).open()  # frame 0 is captured now, before the model loads
+    pipeline = Pipeline(camera, NullSink(), _SlowLoad(1.5), PipelineConfig(max_frame_age_s=1.0))
+    summary = pipeline.run()
+    assert summary.skipped_during_load == 1
+    assert summary.frames_in == 20
+    assert summary.frames_out + summary.dropped + summary.skipped_during_load == summary.frames_in
