@@ -23,15 +23,15 @@ def print_summary(summary: RunSummary, source_name: str) -> None:
         head.add_row("reconnects", str(summary.reconnects))
     if summary.unreadable:
         head.add_row("unreadable images skipped", str(summary.unreadable))
-    head.add_row("pipeline FPS (from the first labelled frame)", f"{summary.pipeline_fps:.1f}" if summary.pipeline_fps else "--")
+    head.add_row("pipeline FPS (from first frame out)", f"{summary.pipeline_fps:.1f}" if summary.pipeline_fps else "--")
     if summary.load_s is not None:
         head.add_row("model load", f"{summary.load_s:.2f} s")
     if summary.ready_s is not None:
-        head.add_row("start to model ready (load + warm-up)", f"{summary.ready_s:.2f} s")
+        head.add_row("start to model ready", f"{summary.ready_s:.2f} s")
     if summary.first_frame_s is not None:
         head.add_row("start to first labelled frame", f"{summary.first_frame_s:.2f} s")
     if summary.latency is not None:
-        head.add_row(f"latency {_latency_label(summary)} p50 / p95", f"{summary.latency.p50_ms:.1f} / {summary.latency.p95_ms:.1f} ms")
+        head.add_row(f"latency p50 / p95 {_latency_label(summary)}", f"{summary.latency.p50_ms:.1f} / {summary.latency.p95_ms:.1f} ms")
     head.add_row("backend", summary.backend)
     console.print(head)
     stages = Table(title="time per frame, by stage")
@@ -47,5 +47,5 @@ def print_summary(summary: RunSummary, source_name: str) -> None:
 def _latency_label(summary: RunSummary) -> str:
     """What the latency row measures, in words a user can check."""
     if summary.latency_basis == "ready->render":
-        return "(capture or model ready -> render, file)"
-    return "(capture -> render, live)"
+        return "(ready->render, file)"  # from capture, or from model ready for frames read during the load
+    return "(capture->render, live)"
