@@ -23,9 +23,14 @@ EXIT_INTERRUPTED = 130
 
 
 class _OneLineFormatter(logging.Formatter):
+    """``streamer: LEVEL: first line``, with credentials redacted (streamer.redact)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
-        return f"streamer: {record.levelname.lower()}: {message}"
+        from streamer.redact import redact_text
+
+        text = record.getMessage().strip()
+        message = text.splitlines()[0] if text else ""
+        return f"streamer: {record.levelname.lower()}: {redact_text(message)}"
 
 
 def _configure_logging(verbose: int) -> None:
