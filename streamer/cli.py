@@ -43,6 +43,10 @@ def _configure_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(level)
     root.setLevel(logging.WARNING)
     logging.raiseExceptions = False  # a log line to a closed terminal is dropped, never a traceback
+    # Dependencies' Python warnings (torch's pickle UserWarning, onnxscript's overflow warnings, ...)
+    # go through logging: hidden by default, one line each under -v.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose >= 1 else logging.CRITICAL + 1)
 
 
 def _quiet_opencv() -> None:
