@@ -369,8 +369,25 @@ class CaptureSource(Source):
         start = time.perf_counter()
         image = self._grab()
         if image is None:
+            self._check_complete()
             return None
         return self._make_frame(image, self.display_name, time.perf_counter() - start)
+
+    def _check_complete(self) -> None:
+        """At the end of a file (local or over HTTP): say so when fewer frames came than the container announced.
+
+        A truncated file or a server that closed the connection early ends like a complete file
+        for FFmpeg.  One warning line; the run still exits 0 with what arrived (every frame it
+        labelled is sound), as for a folder with unreadable images.  A frame or 1 % short is
+        tolerated: some containers' counts are estimates from the duration.
+        """
+        total = self.total_hint
+        if self.live or total is None or getattr(self, "_completeness_said", False):
+            return
+        self._completeness_said = True
+        got = self._index
+        if got < total - max(1, total // 100):
+            log.warning("%s: got %d of %d frames the container announced (file truncated, or the server closed the connection early)", self.display_name, got, total)
 
     def close(self) -> None:
         cap, self._cap = self._cap, None

@@ -2,19 +2,25 @@
 
 * A video whose file name is not UTF-8 (bytes from another system) is read, not a segfault in OpenCV.
 * A 2 GiB sparse file named .jpg in a folder is skipped with one warning line, in bounded time and memory.
+* A file over HTTP whose server closes at half, or a truncated file: one warning line with the counts, exit 0.
 * A dependency's Python warning during a run is not shown (one line from streamer), and is under -v.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
+import threading
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import helpers
 
 from faults.fixtures import InProcessCli, cli, fault_env, restore_logging  # noqa: F401 - fixtures
 from faults.media import SAMPLE_IMAGES, SAMPLE_VIDEO
@@ -70,3 +76,56 @@ def test_a_dependency_warning_is_kept_under_verbose(tmp_path: Path, verbose: boo
         assert len(shown) == 1 and shown[0].startswith("streamer: warning: "), result.stderr
     else:
         assert shown == [] and [line for line in result.stderr.splitlines() if not line.startswith("streamer: ")] == [], result.stderr
+
+
+class _HalfHandler(helpers._RangeHandler):
+    """Closes the connection after the first half of the file (a server that dies mid-transfer);
+    ranges that start past the half (FFmpeg looking for an index at the end) are served whole."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        data = self.payload
+        cut = len(data) // 2
+        header = self.headers.get("Range")
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip()) if header else None
+        start = int(match.group(1)) if match and match.group(1) else 0
+        end = len(data) - 1
+        self.send_response(206 if match else 200)
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        stop = end + 1 if start >= cut else cut
+        try:
+            self.wfile.write(data[start:stop])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+
+def test_an_http_file_cut_at_half_warns_with_the_counts(tmp_path: Path) -> None:
+    payload = SAMPLE_VIDEO.read_bytes()
+    handler = type("Handler", (_HalfHandler,), {"payload": payload})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        result = run(fake_streamer("instant", "run", url, "--headless", "--predictions", "p.jsonl", "--timeout", "5", *COMMON), tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    got = len((tmp_path / "p.jsonl").read_text().splitlines())
+    lines = [line for line in result.stderr.splitlines() if "frames the container announced" in line]
+    assert result.returncode == 0, result.stderr
+    assert lines == [f"streamer: warning: clip.mp4: got {got} of {helpers.SAMPLE_VIDEO_FRAMES} frames the container announced (file truncated, or the server closed the connection early)"] or (
+        len(lines) == 1 and f"got {got} of " in lines[0]
+    ), result.stderr
+    assert 0 < got < helpers.SAMPLE_VIDEO_FRAMES
+
+
+def test_a_complete_file_gives_no_such_warning(tmp_path: Path) -> None:
+    result = run(fake_streamer("instant", "run", SAMPLE_VIDEO, "--headless", *COMMON), tmp_path)
+    assert result.returncode == 0 and "announced" not in result.stderr, result.stderr
