@@ -386,7 +386,7 @@ class CaptureSource(Source):
             return
         self._completeness_said = True
         got = self._index
-        if got < total - max(1, total // 100):
+        if 0 < got < total - max(1, total // 100):  # none at all: opening fails with its own line
             log.warning("%s: got %d of %d frames the container announced (file truncated, or the server closed the connection early)", self.display_name, got, total)
 
     def close(self) -> None:
