@@ -25,6 +25,10 @@ class ModelError(StreamerError):
     exit_code = 2
 
 
+class NonFiniteOutput(ModelError):
+    """The network produced NaN or infinity (broken or overflowing weights): never shown as a label."""
+
+
 class WeightsError(ModelError):
     """Weights cannot be found, downloaded or safely loaded."""
 

@@ -23,9 +23,14 @@ EXIT_INTERRUPTED = 130
 
 
 class _OneLineFormatter(logging.Formatter):
+    """``streamer: LEVEL: first line``, with credentials redacted (streamer.redact)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
-        return f"streamer: {record.levelname.lower()}: {message}"
+        from streamer.redact import redact_text
+
+        text = record.getMessage().strip()
+        message = text.splitlines()[0] if text else ""
+        return f"streamer: {record.levelname.lower()}: {redact_text(message)}"
 
 
 def _configure_logging(verbose: int) -> None:
@@ -37,6 +42,11 @@ def _configure_logging(verbose: int) -> None:
     for name in ("streamer", "engines"):
         logging.getLogger(name).setLevel(level)
     root.setLevel(logging.WARNING)
+    logging.raiseExceptions = False  # a log line to a closed terminal is dropped, never a traceback
+    # Dependencies' Python warnings (torch's pickle UserWarning, onnxscript's overflow warnings, ...)
+    # go through logging: hidden by default, one line each under -v.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose >= 1 else logging.CRITICAL + 1)
 
 
 def _quiet_opencv() -> None:
@@ -78,6 +88,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+MIN_TIMEOUT_S = 0.1
+"""The shortest ``--timeout``: FFmpeg reads a timeout under a millisecond as "no limit"."""
+
+
+def max_threads() -> int:
+    """The most ``--threads``: more than 4 per core only costs memory (onnxruntime) or crashes (torch)."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
+def _thread_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > max_threads():
+        raise argparse.ArgumentTypeError(f"expected at most {max_threads()} threads, got {value}")
+    return value
+
+
+def _timeout_seconds(text: str) -> float:
+    value = _positive_float(text)
+    if value < MIN_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"expected at least {MIN_TIMEOUT_S} s, got {text}")
+    return value
+
+
 def add_model_arguments(
     parser: "argparse._ActionsContainer", multi: bool = False, performance: "argparse._ActionsContainer | None" = None
 ) -> None:
@@ -96,7 +129,7 @@ def add_model_arguments(
     parser = performance if performance is not None else model_group
     parser.add_argument("--workspace", type=_positive_int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     model_group.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for CPU backends")
+    parser.add_argument("--threads", type=_thread_count, default=None, help=f"CPU threads for CPU backends (1 to {max_threads()})")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
     parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
 
@@ -146,7 +179,7 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--input-height", type=_positive_int, default=None, metavar="H", help="cameras and csi://N: capture height to ask for")
     p.add_argument("--input-fps", type=_positive_float, default=None, metavar="FPS", help="cameras and csi://N: capture frame rate to ask for")
     p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
-    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
+    p.add_argument("--timeout", type=_timeout_seconds, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
     p = outputs
     p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
@@ -278,12 +311,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
     from streamer.pipeline import Pipeline, PipelineConfig
-    from streamer.report import print_summary
     from streamer.sinks import PredictionsWriter, ResultSink, display_available, make_sink
     from streamer.sources import SourceOptions, open_source
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")
+    if args.show and not display_available():
+        raise ConfigError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set, or OpenCV has no GUI); use -o or --headless")
+    _check_distinct_outputs(args)
     config = PipelineConfig(
         batch=args.batch,
         topk=args.topk,
@@ -340,11 +375,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             summary = pipeline.summary
             if not args.no_summary:
-                print_summary(summary, source.display_name)
-            print(f"streamer: interrupted; finalised the output with {summary.frames_out} frames", file=sys.stderr)
+                _print_summary(summary, source.display_name)
+            _say(f"streamer: interrupted; finalised the output with {summary.frames_out} frames")
             return EXIT_INTERRUPTED
     if not args.no_summary:
-        print_summary(summary, source.display_name)
+        _print_summary(summary, source.display_name)
     return 0
 
 
@@ -358,6 +393,16 @@ def _annotators(args: argparse.Namespace) -> "list[Annotator]":
     if not args.no_stats:
         annotators.append(StatsAnnotator())
     return annotators
+
+
+def _print_summary(summary: object, name: str) -> None:
+    """The summary table; the outputs are final already, so a closed stdout only loses the table."""
+    from streamer.report import print_summary
+
+    try:
+        print_summary(summary, name)  # type: ignore[arg-type]
+    except (OSError, ValueError):
+        pass
 
 
 class _ProgressObserver:
@@ -443,36 +488,63 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _ensure_std_streams()
     _quiet_opencv()
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     from engines.errors import StreamerError
 
-    previous = None
+    previous: dict[int, object] = {}
+    stop = _StopSignals()
     if threading_is_main():
-        # SIGTERM finalises like Ctrl-C (service managers and `timeout` send it).
-        previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        # SIGTERM (service managers, `timeout`) and SIGHUP (terminal closed, ssh dropped) finalise
+        # like Ctrl-C; a second signal while finalising is ignored, so it cannot cut the
+        # finalisation short (Ctrl-C twice still leaves the output).
+        for signum in _STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, stop.handler)
     try:
         if not getattr(args, "skip_torch_check", False):  # streamer doctor reports torch itself
             _check_torch_version()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("streamer: interrupted", file=sys.stderr)
+        _say("streamer: interrupted")
         return EXIT_INTERRUPTED
     except StreamerError as exc:
         if args.debug:
             raise
-        print(f"streamer: error: {_one_line(exc)}", file=sys.stderr)
+        _say(f"streamer: error: {_one_line(exc)}")
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback
         if args.debug:
             raise
-        print(f"streamer: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)", file=sys.stderr)
+        _say(f"streamer: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)")
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            # After a stop signal the process is on its way out: a late one must not kill it
+            # (exit -2 instead of 130) while it prints the last line.
+            signal.signal(signum, signal.SIG_IGN if stop.received is not None else handler)  # type: ignore[arg-type]
+
+
+def _say(text: str) -> None:
+    """One line on stderr, if there is still one (a closed terminal after SIGHUP raises EIO)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _check_distinct_outputs(args: argparse.Namespace) -> None:
+    from streamer.outputs import check_distinct_outputs
+
+    outputs: list[tuple[str, Path]] = []
+    if args.output and not args.gst_output:
+        outputs.append(("-o", Path(args.output).expanduser()))
+    predictions = getattr(args, "predictions", None)
+    if predictions is not None and str(predictions) != "-":
+        outputs.append(("--predictions", Path(predictions).expanduser()))
+    check_distinct_outputs(outputs)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -482,8 +554,43 @@ def _one_line(exc: BaseException) -> str:
     return redact_text(text.splitlines()[0] if text else type(exc).__name__)
 
 
-def _sigterm_to_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP: the first raises KeyboardInterrupt (the run finalises its outputs);
+    later ones are ignored, so the finalisation they would interrupt completes."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            return
+        self.received = signum
+        raise KeyboardInterrupt
+
+
+def _ensure_std_streams() -> None:
+    """Closed standard streams (``2>&-``, ``>&-``, a daemon) become /dev/null.
+
+    Else the next file opened gets descriptor 2 (FFmpeg's log lines would land in an output), and
+    Python's ``sys.stderr`` is None (``print(..., file=sys.stderr)`` and logging would fail).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - for the life of the process
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
 
 
 def threading_is_main() -> bool:

@@ -171,8 +171,15 @@ class OrderedPrefetcher(Generic[_T, _R]):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+MAX_IMAGE_FILE_BYTES = 256 << 20
+"""Larger image files are not read at all (a 2 GiB file named .jpg would take gigabytes to decode)."""
+
+
 def read_file_bytes(path: Path) -> bytes:
     try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise UnreadableImage(f"{size / (1 << 20):.0f} MiB is larger than the {MAX_IMAGE_FILE_BYTES >> 20} MiB an image may be")
         return path.read_bytes()
     except OSError as exc:
         raise UnreadableImage(exc.strerror or str(exc)) from exc

@@ -369,8 +369,25 @@ class CaptureSource(Source):
         start = time.perf_counter()
         image = self._grab()
         if image is None:
+            self._check_complete()
             return None
         return self._make_frame(image, self.display_name, time.perf_counter() - start)
+
+    def _check_complete(self) -> None:
+        """At the end of a file (local or over HTTP): say so when fewer frames came than the container announced.
+
+        A truncated file or a server that closed the connection early ends like a complete file
+        for FFmpeg.  One warning line; the run still exits 0 with what arrived (every frame it
+        labelled is sound), as for a folder with unreadable images.  A frame or 1 % short is
+        tolerated: some containers' counts are estimates from the duration.
+        """
+        total = self.total_hint
+        if self.live or total is None or getattr(self, "_completeness_said", False):
+            return
+        self._completeness_said = True
+        got = self._index
+        if 0 < got < total - max(1, total // 100):  # none at all: opening fails with its own line
+            log.warning("%s: got %d of %d frames the container announced (file truncated, or the server closed the connection early)", self.display_name, got, total)
 
     def close(self) -> None:
         cap, self._cap = self._cap, None
@@ -386,7 +403,7 @@ class VideoFileSource(CaptureSource):
     def __init__(self, path: Path, options: SourceOptions) -> None:
         import cv2
 
-        super().__init__(str(path), path.name, options, api=cv2.CAP_FFMPEG)
+        super().__init__(cv_path(path), path.name, options, api=cv2.CAP_FFMPEG)
         self.path = path
         self.live = options.realtime
         self._t0: float | None = None
@@ -553,6 +570,38 @@ class _Probe:
     frames: int | None = None
 
 
+def cv_path(path: Path) -> str:
+    """``str(path)``, or an ASCII alias of it if the name is not UTF-8 (bytes from another system).
+
+    OpenCV converts a path to UTF-8 and crashes (SIGSEGV) on one that is not, in VideoCapture and
+    VideoWriter alike.  Such a path is opened through a symbolic link with an ASCII name in a
+    private temporary folder (removed at exit).
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    with _ALIAS_LOCK:
+        if text in _ALIASES:
+            return _ALIASES[text]
+        import atexit
+        import shutil
+
+        folder = tempfile.mkdtemp(prefix="streamer-name-")
+        suffix = path.suffix if path.suffix.isascii() else ""
+        alias = os.path.join(folder, f"input{suffix}")
+        os.symlink(os.path.abspath(path), alias)
+        atexit.register(shutil.rmtree, folder, True)
+        _ALIASES[text] = alias
+        return alias
+
+
+_ALIASES: dict[str, str] = {}
+_ALIAS_LOCK = threading.Lock()
+
+
 def _ffmpeg_probe(path: Path) -> _Probe:
     """The codec and frame count FFmpeg reads from the container (nothing is decoded)."""
     import cv2
@@ -560,7 +609,7 @@ def _ffmpeg_probe(path: Path) -> _Probe:
     from streamer import gst
 
     try:
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(cv_path(path), cv2.CAP_FFMPEG)
     except cv2.error:
         return _Probe()
     try:
@@ -589,7 +638,7 @@ def _video_file_source(path: Path, options: SourceOptions) -> Source:
     hardware = all(gst.element_available(name) for name in gst.JETSON_DECODE_ELEMENTS)
     if hardware:
         probe = _ffmpeg_probe(path)
-        pipeline = gst.jetson_decode_pipeline(path, probe.codec) if probe.codec else None
+        pipeline = gst.jetson_decode_pipeline(Path(cv_path(path)), probe.codec) if probe.codec else None
         if pipeline is not None and gst.element_available(gst.PARSERS[probe.codec or ""]):
             log.info("%s: hardware decode: %s", path.name, pipeline)
             return GStreamerVideoFileSource(path, options, pipeline, "nvv4l2decoder")
@@ -598,7 +647,7 @@ def _video_file_source(path: Path, options: SourceOptions) -> Source:
             return VideoFileSource(path, options)
     elif options.decoder == "auto":
         return VideoFileSource(path, options)
-    pipeline = gst.software_decode_pipeline(path)
+    pipeline = gst.software_decode_pipeline(Path(cv_path(path)))
     log.info("%s: GStreamer decode: %s", path.name, pipeline)
     return GStreamerVideoFileSource(path, options, pipeline, "decodebin")
 

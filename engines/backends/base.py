@@ -363,7 +363,15 @@ def postprocess(logits: "torch.Tensor", labels: Sequence[str], k: int = 1) -> li
     """Softmax + top-k on the logits' device, then one copy to the host."""
     import torch
 
+    from engines.errors import NonFiniteOutput
+
     k = max(1, min(k, int(logits.shape[1])))
+    finite = torch.isfinite(logits).all(dim=1).cpu().tolist()
+    if not all(finite):
+        raise NonFiniteOutput(
+            f"the network produced NaN or infinite scores for frame {finite.index(False) + 1} of a batch of "
+            f"{len(finite)} (broken or overflowing weights; at fp16, try --precision fp32)"
+        )
     probs = torch.softmax(logits.float(), dim=1)
     scores, indices = probs.topk(k, dim=1)
     scores_h = scores.cpu().tolist()

@@ -180,6 +180,9 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable("onnxruntime backend needs onnxruntime: pip install 'streamer[onnx]'") from exc
         from engines.onnx_export import cached_onnx
 
+        if not logging.getLogger("engines").isEnabledFor(logging.DEBUG):
+            # The process-wide logger too: its provider and telemetry warnings come before any session's options apply.
+            ort.set_default_logger_severity(_ORT_LOG_ERROR)
         providers = self._choose_providers(list(ort.get_available_providers()))  # before a long export
         options = self.options
         export = cached_onnx(self.spec, self.weights, options.batch, options.dynamic_batch, cache_dir=options.cache_dir)

@@ -25,11 +25,13 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
     import cv2
     import numpy as np
 
+    from streamer.sources import cv_path  # OpenCV segfaults on a name that is not UTF-8
+
     def decode_all(keep: bool) -> tuple[int, float, list[np.ndarray]]:
         frames: list[np.ndarray] = []
         count = 0
         start = time.perf_counter()
-        cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(cv_path(Path(source)), cv2.CAP_FFMPEG)
         try:
             while max_frames is None or count < max_frames:
                 ok, image = cap.read()
@@ -45,7 +47,7 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
     count, _, frames = decode_all(keep=True)  # also warms the file cache and FFmpeg
     if count == 0:
         raise ValueError(f"{source}: no decodable frame")
-    fps_in = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG).get(cv2.CAP_PROP_FPS) or 30.0
+    fps_in = cv2.VideoCapture(cv_path(Path(source)), cv2.CAP_FFMPEG).get(cv2.CAP_PROP_FPS) or 30.0
     h, w = frames[0].shape[:2]
     size = (w - w % 2 or 2, h - h % 2 or 2)
     decode_fps = []

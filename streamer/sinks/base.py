@@ -71,13 +71,28 @@ class ResultSink(Protocol):
     def abort(self) -> None: ...
 
 
-def check_output_path(path: Path, overwrite: bool) -> None:
-    """Refuse destinations we must not write: existing files, symlinks, missing or read-only folders."""
+def check_output_path(path: Path, overwrite: bool, allow_stream: bool = False) -> None:
+    """Refuse destinations we must not write: existing files, symlinks, missing or read-only folders,
+    and anything that is not a regular file (a device, a FIFO, a socket), which is never replaced.
+
+    With ``allow_stream`` an existing character device or FIFO (``/dev/null``, a named pipe) is
+    accepted: the caller writes to it in place (no temporary file, no rename, no --overwrite needed).
+    """
+    import stat
+
+    from streamer.outputs import is_stream
+
+    if allow_stream and is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise SinkError(f"{path}: not writable")
+        return
     if path.is_symlink():
         raise SinkError(f"{path}: destination is a symbolic link; refusing to write through it")
     if path.exists():
         if path.is_dir():
             raise SinkError(f"{path}: is a folder")
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise SinkError(f"{path}: not a regular file (a device, pipe or socket); refusing to replace it")
         if not overwrite:
             raise SinkError(f"{path} exists; pass --overwrite to replace it")
     parent = path.parent if str(path.parent) else Path(".")

@@ -16,18 +16,26 @@ if TYPE_CHECKING:
     from engines.backends.base import Prediction
     from streamer.sources import Frame
 
+from streamer.outputs import OutputLock, hidden_name, is_stream
 from streamer.sinks.base import check_output_path
 
 log = logging.getLogger(__name__)
 
 class PredictionsWriter:
-    """A :class:`ResultSink`: one JSON object per frame to a temporary file, renamed on finalize."""
+    """A :class:`ResultSink`: one JSON object per frame to a temporary file, renamed on finalize.
+
+    The final path is locked from the first write to the end (:class:`streamer.outputs.OutputLock`):
+    a second run writing the same file fails with one line.  An existing character device or FIFO
+    (``/dev/null``, a named pipe) is written in place: no temporary file, nothing replaced.
+    """
 
     def __init__(self, path: Path, overwrite: bool = False) -> None:
-        check_output_path(path, overwrite)
+        check_output_path(path, overwrite, allow_stream=True)
         self.path = path
         self.overwrite = overwrite
-        self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        self.stream = is_stream(path)
+        self.temp_path = path if self.stream else hidden_name(path, f"partial-{os.getpid()}")
+        self._lock = OutputLock(path)
         self._fh: "TextIO | None" = None
         """Opened on the first write (or an empty finalize): nothing is on disk before the run writes."""
         self._done = False
@@ -36,10 +44,13 @@ class PredictionsWriter:
         if self._fh is None:
             if self._done:
                 raise SinkError(f"{self.path}: predictions already finalised or discarded")
-            check_output_path(self.path, self.overwrite)
+            check_output_path(self.path, self.overwrite, allow_stream=True)
+            if not self.stream:
+                self._lock.acquire()
             try:
                 self._fh = open(self.temp_path, "w", encoding="utf-8")
             except OSError as exc:
+                self._lock.release()
                 raise SinkError(f"{self.path}: cannot write predictions ({exc.strerror})") from exc
         return self._fh
 
@@ -52,7 +63,9 @@ class PredictionsWriter:
             "latency_ms": round(latency_ms, 3),
         }
         try:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record, allow_nan=False) + "\n")  # RFC 8259 has no NaN
+        except ValueError as exc:
+            raise SinkError(f"{self.path}: frame {frame.index} has a score that is not a number ({exc})") from exc
         except OSError as exc:
             raise SinkError(f"{self.path}: write failed ({exc.strerror})") from exc
 
@@ -62,22 +75,31 @@ class PredictionsWriter:
         fh = self._file()  # a run that labelled nothing still leaves an (empty) file
         try:
             fh.flush()
-            os.fsync(fh.fileno())
+            if not self.stream:
+                os.fsync(fh.fileno())
             fh.close()
         except OSError as exc:
             self.abort()
             raise SinkError(f"{self.path}: write failed ({exc.strerror or exc}); predictions discarded") from exc
         self._done = True
-        os.replace(self.temp_path, self.path)
+        try:
+            if not self.stream:
+                os.replace(self.temp_path, self.path)
+        finally:
+            self._lock.release()
 
     def abort(self) -> None:
         self._done = True
         if self._fh is None:
+            self._lock.release()
             return
         try:
-            self.temp_path.unlink()  # first: closing may fail (a full disk flushes on close)
+            if not self.stream:
+                self.temp_path.unlink()  # first: closing may fail (a full disk flushes on close)
         except FileNotFoundError:
             pass
+        finally:
+            self._lock.release()
         if not self._fh.closed:
             try:
                 self._fh.close()
