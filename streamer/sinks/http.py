@@ -268,6 +268,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_events(self) -> None:
         view = self.server.view
+        seen = view.events_ring.seq  # from now on, not the backlog
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -276,7 +277,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         self.wfile.write(b"retry: 2000\n\n")
         self.wfile.flush()
-        seen = view.events_ring.seq  # from now on, not the backlog
         while not view.stopping:
             seen, fresh = view.events_ring.wait_after(seen, _WAIT_S)
             if fresh:
@@ -379,6 +379,12 @@ class HttpView(Sink):
             if ok:
                 self.frames.publish(jpeg.tobytes())
                 self.frames_encoded += 1
+
+    @property
+    def viewers(self) -> int:
+        """Connections open now (page, stream and events requests)."""
+        with self._connections_lock:
+            return len(self._connections)
 
     def _track(self, conn: socket.socket) -> None:
         with self._connections_lock:
