@@ -223,7 +223,9 @@ def view() -> Iterator[HttpView]:
 
 
 def _frame(index: int) -> np.ndarray:
-    image = cv2.resize(cv2.imread(str(SAMPLE_IMAGES / "cat.jpg")), (320, 240))
+    photo = cv2.imread(str(SAMPLE_IMAGES / "cat.jpg"))
+    assert photo is not None
+    image = cv2.resize(photo, (320, 240))
     stamp_index(image, index % 256)
     return image
 
@@ -301,7 +303,7 @@ def test_a_slow_viewer_never_blocks_writes_and_the_fast_one_gets_fresh_frames(vi
 def test_events_are_one_json_object_per_frame(view: HttpView) -> None:
     view.open((320, 240), 25.0)
     sock = socket.create_connection(("127.0.0.1", view.port), timeout=10)
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     received = b""
     while b"retry:" not in received:
         received += sock.recv(4096)
@@ -342,6 +344,15 @@ def test_a_token_is_required_off_loopback_on_every_endpoint() -> None:
         assert view.url.endswith("?token=s3cret-token")
     finally:
         view.stop()
+
+
+def test_loopback_without_a_token_answers_only_requests_addressed_to_loopback(view: HttpView) -> None:
+    view.open((320, 240), 25.0)
+    base = f"http://127.0.0.1:{view.port}/"
+    assert _get(base)[0] == 200
+    assert _get(base, {"Host": f"localhost:{view.port}"})[0] == 200
+    assert _get(base, {"Host": f"[::1]:{view.port}"})[0] == 200
+    assert _get(base, {"Host": f"evil.example:{view.port}"})[0] == 403  # a rebound DNS name
 
 
 def test_off_loopback_a_token_is_generated_and_printed_once(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
 ``/stream.mjpg`` the stream as multipart MJPEG, ``/events`` one server-sent
 event (a JSON object, as in the predictions file) per labelled frame.
 
-* Loopback (127.0.0.1, ::1, localhost) needs no token unless one is given;
+* Loopback (127.0.0.1, ::1, localhost) needs no token unless one is given
+  (requests must then name a loopback host, against DNS rebinding);
   any other address needs an access token (``--token``, or one generated
   and printed once with the URL), checked on every request (``?token=``,
   ``Authorization: Bearer``, or ``X-Streamer-Token``); 403 otherwise.
@@ -204,7 +205,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _authorised(self, query: dict[str, list[str]]) -> bool:
         token = self.server.view.token
         if token is None:
-            return True
+            # Loopback without a token: only requests addressed to a loopback name, so that a web
+            # page whose own name resolves to 127.0.0.1 (DNS rebinding) cannot read the view.
+            host = (self.headers.get("Host") or "").strip().lower()
+            name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+            return HttpAddress(name, 0).loopback
         given = (query.get("token") or [""])[0]
         header = self.headers.get("Authorization", "")
         if header.lower().startswith("bearer "):
