@@ -17,16 +17,27 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import pytest
+from helpers import (
+    MODEL,
+    SAMPLE_IMAGES,
+    assert_clean_failure,
+    cli_env,
+    count_frames,
+    read_jsonl,
+    read_stamp,
+    run_cli,
+    stamp_index,
+    streamer_cmd,
+)
 
 from engines.backends.base import Prediction
 from engines.errors import ConfigError, SinkError
-from helpers import MODEL, SAMPLE_IMAGES, assert_clean_failure, cli_env, count_frames, read_jsonl, read_stamp, run_cli, stamp_index, streamer_cmd
 from streamer.sinks.http import HttpAddress, HttpView, parse_http_output
 from streamer.sources import Frame
 
@@ -55,7 +66,7 @@ class Chromium:
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", f"--user-data-dir={self.profile}", "--remote-debugging-pipe"]  # fmt: skip
         self.process = subprocess.Popen(
-            [CHROMIUM, *flags, "about:blank"], preexec_fn=at_3_and_4, pass_fds=(3, 4, child_r, child_w),
+            [CHROMIUM, *flags, "about:blank"], preexec_fn=at_3_and_4,  # noqa: PLW1509 - it only calls os.dup2 pass_fds=(3, 4, child_r, child_w),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         os.close(child_r)
@@ -161,7 +172,7 @@ class MjpegClient(threading.Thread):
                     match = re.search(rb"(?i)content-type: ([^\r\n]+)", head)
                     self.content_type = match.group(1).decode() if match else ""
                 while self.status == 200:  # parts: --boundary, headers, Content-Length bytes
-                    match = re.search(rb"--streamerframe\r\n(.*?)\r\n\r\n", buffer, re.S)
+                    match = re.search(rb"--streamerframe\r\n(.*?)\r\n\r\n", buffer, re.DOTALL)
                     if not match:
                         break
                     length = int(re.search(rb"(?i)content-length: (\d+)", match.group(1)).group(1))  # type: ignore[union-attr]
@@ -252,7 +263,7 @@ def test_chromium_shows_the_live_stream_and_labels_and_ctrl_c_stops_the_server(t
     finally:
         chromium.close()
         process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=60)
+        process.communicate(timeout=60)
     assert process.returncode == 130
     port = int(url.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(OSError):  # the server stopped with the run

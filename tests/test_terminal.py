@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import JSONL_KEYS, MODEL, SAMPLE_IMAGES, read_jsonl, run_cli
 
 from engines.backends.base import Prediction
 from engines.errors import SinkError
-from helpers import JSONL_KEYS, MODEL, SAMPLE_IMAGES, read_jsonl, run_cli
 from streamer.sinks.terminal import JsonLinesStdout, TerminalLabels, label_line
 from streamer.sources import Frame
 

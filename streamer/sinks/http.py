@@ -169,7 +169,7 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: HttpAddress, view: "HttpView") -> None:
+    def __init__(self, address: HttpAddress, view: HttpView) -> None:
         self.view = view
         if ":" in address.host:
             self.address_family = socket.AF_INET6
@@ -187,7 +187,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "streamer"
     sys_version = ""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("http %s: %s", self.address_string(), format % args)
 
     def setup(self) -> None:
@@ -217,7 +217,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         given = given or self.headers.get("X-Streamer-Token", "").strip()
         return hmac.compare_digest(given.encode(), token.encode())
 
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if not self._authorised(parse_qs(parts.query)):
             self._send_plain(403, "forbidden: this live view needs its access token (?token=...)\n")
@@ -292,10 +292,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class HttpEvents:
     """The :class:`~streamer.sinks.base.ResultSink` half of the live view: one event per labelled frame."""
 
-    def __init__(self, view: "HttpView") -> None:
+    def __init__(self, view: HttpView) -> None:
         self._view = view
 
-    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
+    def write(self, frame: Frame, prediction: Prediction, latency_ms: float) -> None:
         self._view.events_ring.publish(json.dumps(prediction_record(frame, prediction, latency_ms)).encode())
 
     def finalize(self) -> None:
@@ -336,7 +336,7 @@ class HttpView(Sink):
     def description(self) -> str:
         return f"live view {self.address.key}"
 
-    def open(self, frame_size: tuple[int, int], fps: float) -> "HttpView":
+    def open(self, frame_size: tuple[int, int], fps: float) -> HttpView:
         if self._server is not None:
             return self
         try:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from streamer.sources import Frame
 
 
-def label_line(frame: "Frame", prediction: "Prediction", with_name: bool = False) -> str:
+def label_line(frame: Frame, prediction: Prediction, with_name: bool = False) -> str:
     """``frame 12: tabby 0.41 | tiger cat 0.21`` (``frame 3 (cat.jpg): ...`` with the name)."""
     labels = " | ".join(f"{label} {score:.2f}" for label, score in zip(prediction.labels, prediction.scores))
     where = f" ({frame.name})" if with_name else ""
@@ -55,14 +55,14 @@ class TerminalLabels(_StreamObserver):
         super().__init__(stream)
         self.with_name = with_name
 
-    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
+    def write(self, frame: Frame, prediction: Prediction, latency_ms: float) -> None:
         self._emit(label_line(frame, prediction, self.with_name))
 
 
 class JsonLinesStdout(_StreamObserver):
     """``--predictions -``: the predictions file's JSON lines, on stdout, one per frame as it is labelled."""
 
-    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
+    def write(self, frame: Frame, prediction: Prediction, latency_ms: float) -> None:
         self._emit(json.dumps(prediction_record(frame, prediction, latency_ms)))
 
 
