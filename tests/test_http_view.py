@@ -66,7 +66,8 @@ class Chromium:
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", f"--user-data-dir={self.profile}", "--remote-debugging-pipe"]  # fmt: skip
         self.process = subprocess.Popen(
-            [CHROMIUM, *flags, "about:blank"], preexec_fn=at_3_and_4,  # noqa: PLW1509 - it only calls os.dup2 pass_fds=(3, 4, child_r, child_w),
+            [CHROMIUM, *flags, "about:blank"], pass_fds=(3, 4, child_r, child_w),
+            preexec_fn=at_3_and_4,  # noqa: PLW1509 - it only calls os.dup2
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         os.close(child_r)
