@@ -80,11 +80,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
-    """Options shared by ``run``, ``bench`` and ``build``."""
+def add_model_arguments(
+    parser: "argparse._ActionsContainer", multi: bool = False, performance: "argparse._ActionsContainer | None" = None
+) -> None:
+    """Options shared by ``run``, ``bench`` and ``build``; the tuning ones go to ``performance`` when given (a help group)."""
     from engines.backends import BACKEND_NAMES
     from engines.models import model_names
 
+    model_group = parser
     parser.add_argument("--model", "-m", default=None, choices=model_names(), help="classifier (default: alexnet, or efficientnet_lite0 when offline)")
     parser.add_argument("--weights", default="imagenet", help="imagenet | random | PATH to a state dict (default: imagenet)")
     if not multi:
@@ -92,22 +95,41 @@ def add_model_arguments(parser: argparse.ArgumentParser, multi: bool = False) ->
         parser.add_argument("--precision", "-p", default="fp32", choices=("fp32", "fp16", "int8"), help="numeric precision (default: fp32)")
     parser.add_argument("--device", "-d", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="engine cache folder (default: $STREAMER_CACHE_DIR or the user cache)")
+    parser = performance if performance is not None else model_group
     parser.add_argument("--workspace", type=_positive_int, default=None, metavar="MB", help="TensorRT builder workspace limit")
-    parser.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
+    model_group.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
     parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for CPU backends")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
     parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
 
 
+RUN_EXAMPLES = """examples:
+  streamer run samples/video/bigbuckbunny.mp4 -o annotated.mp4     annotate a video (every frame)
+  streamer run 0 --show                                          a webcam in a window (q quits)
+  streamer run photos/ -o labelled/ --predictions labels.jsonl   a folder of photos, and the labels as JSON lines
+  streamer run rtsp://camera/stream --headless --predictions x.jsonl   a network camera, no window
+  streamer run clip.mp4 --realtime --show --no-stats             replay at the file's rate, labels only
+  streamer run clip.mp4 -o out.mp4 -b tensorrt -p fp16 --batch 8   a GPU, half precision, batches of 8
+"""
+
+
 def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    parser = sub.add_parser(
         "run",
         help="label every frame of a source",
         description="Label every frame of SOURCE: a camera index (0) or /dev/videoN, a video file, an image, "
         "a folder or glob of images, an rtsp:// or http(s):// stream, a Jetson CSI camera (csi://N), "
         "or a GStreamer pipeline with --gst.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    inputs = parser.add_argument_group("input")
+    outputs = parser.add_argument_group("output")
+    model = parser.add_argument_group("model")
+    performance = parser.add_argument_group("performance")
+    p = inputs
     p.add_argument("source", help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
+    p = outputs
     p.add_argument("-o", "--output", action="append", default=None, metavar="OUTPUT", help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), a pipeline (--gst-output), or serve a live view (http://HOST:PORT/); repeat for several at once")
     p.add_argument("--token", default=None, help="access token of the live view (default: none on loopback, else generated and printed)")
     p.add_argument("--show", action="store_true", help="show frames in a window (q or Esc quits)")
@@ -115,10 +137,12 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--predictions", type=Path, default=None, metavar="PATH.jsonl", help="write one JSON line per frame ('-': to stdout; the rest then goes to stderr)")
     p.add_argument("--topk", "-k", type=_positive_int, default=1, help="labels drawn per frame (default: 1)")
+    p = performance
     p.add_argument("--batch", type=_positive_int, default=1, help="frames per inference batch, file inputs (default: 1)")
+    p = inputs
     p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline ending in appsink (needs OpenCV with GStreamer)")
-    p.add_argument("--gst-output", action="store_true", help="-o is a GStreamer pipeline starting with appsrc (needs OpenCV with GStreamer)")
+    outputs.add_argument("--gst-output", action="store_true", help="-o is a GStreamer pipeline starting with appsrc (needs OpenCV with GStreamer)")
     p.add_argument("--lossless", action="store_true", help="read a live GStreamer pipeline like a file: every frame, no reconnect")
     p.add_argument("--decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, or gstreamer (default: auto)")
     p.add_argument("--input-width", type=_positive_int, default=None, metavar="W", help="cameras and csi://N: capture width to ask for")
@@ -127,11 +151,14 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
+    p = outputs
     p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
-    add_model_arguments(p)
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--no-labels", action="store_true", help="do not draw the labels on the frames")
+    p.add_argument("--no-stats", action="store_true", help="do not draw the FPS / latency / model band on the frames")
+    add_model_arguments(model, performance=performance)
+    parser.set_defaults(func=cmd_run)
 
 
 def _build_models_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -144,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="streamer", description="Real-time video stream annotator (ImageNet classifiers).")
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_global_options(parser, default=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _build_run_parser(sub)
@@ -156,7 +182,52 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         getattr(mod, func)(sub)
     _build_models_parser(sub)
+    _build_completion_parser(sub)
+    for command in _all_subparsers(parser):
+        _add_global_options(command, default=False)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: bool) -> None:
+    """``-v`` and ``--debug``, on the top parser and (``default=False``) again on every subcommand,
+    so ``streamer run x.mp4 -v`` works like ``streamer -v run x.mp4``.  A subcommand's copies default
+    to SUPPRESS, so they leave the top parser's value alone unless given."""
+    group = parser.add_argument_group("global options") if not default else parser
+    group.add_argument("-v", "--verbose", action="count", default=0 if default else argparse.SUPPRESS, help="more log output (-vv for debug)")
+    group.add_argument("--debug", action="store_true", default=False if default else argparse.SUPPRESS, help="show tracebacks")
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> "list[argparse.ArgumentParser]":
+    """Every subcommand's parser, nested ones (``cache ls``) included."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                found.append(child)
+                found.extend(_all_subparsers(child))
+    return found
+
+
+def _build_completion_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description="Print a completion script for SHELL on stdout.",
+        epilog="examples:\n"
+        "  bash: streamer completion bash > ~/.local/share/bash-completion/completions/streamer\n"
+        "  zsh:  source <(streamer completion zsh)   (in ~/.zshrc)\n"
+        "  fish: streamer completion fish > ~/.config/fish/completions/streamer.fish\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete in")
+    p.set_defaults(func=cmd_completion, skip_torch_check=True)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from streamer.completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return 0
 
 
 def backend_options_from_args(args: argparse.Namespace, precision: str | None = None, batch: int | None = None) -> "BackendOptions":
@@ -266,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             observers.append(progress)
         pipeline = Pipeline(
             source, sink, lambda: create_backend(backend_name, spec, weights, options), config,
-            observers=observers, warning=warning,
+            observers=observers, annotators=_annotators(args), warning=warning,
         )  # fmt: skip
         until_the_pipeline_owns_it.pop_all()
     print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", file=info, flush=True)
@@ -284,6 +355,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(info):
             print_summary(summary, source.display_name)
     return 0
+
+
+def _annotators(args: argparse.Namespace) -> "list[Annotator]":
+    """The overlay parts ``--no-labels`` / ``--no-stats`` leave on."""
+    from streamer.overlay import Annotator, LabelAnnotator, StatsAnnotator
+
+    annotators: list[Annotator] = []
+    if not args.no_labels:
+        annotators.append(LabelAnnotator(args.topk))
+    if not args.no_stats:
+        annotators.append(StatsAnnotator())
+    return annotators
 
 
 def _make_outputs(args: argparse.Namespace) -> "tuple[Sink, list[ResultSink]]":
@@ -338,22 +421,27 @@ def _make_outputs(args: argparse.Namespace) -> "tuple[Sink, list[ResultSink]]":
 
 
 class _ProgressObserver:
-    """The progress bar as a run observer: one tick per labelled frame."""
+    """The progress bar as a run observer: one tick per labelled frame.
+
+    Its FPS counts intervals from the first labelled frame, so the model load is not in it.
+    """
 
     def __init__(self, progress: "Progress", task: "TaskID") -> None:
-        import time
-
         self._progress = progress
         self._task = task
-        self._t0 = time.perf_counter()
+        self._first: float | None = None
         self.done = 0
 
     def write(self, frame: object, prediction: object, latency_ms: float) -> None:
         import time
 
+        now = time.perf_counter()
         self.done += 1
-        elapsed = time.perf_counter() - self._t0
-        self._progress.update(self._task, completed=self.done, fps=f"{self.done / elapsed:.1f}" if elapsed > 0 else "--")
+        if self._first is None:
+            self._first = now
+        elapsed = now - self._first
+        fps = f"{(self.done - 1) / elapsed:.1f}" if elapsed > 0 else "--"
+        self._progress.update(self._task, completed=self.done, fps=fps)
 
     def finalize(self) -> None:
         pass
@@ -510,3 +598,4 @@ if __name__ == "__main__":  # pragma: no cover
 if False:  # pragma: no cover - typing only
     from engines.backends.base import BackendOptions
     from engines.models import ModelSpec, WeightsChoice
+    from streamer.overlay import Annotator

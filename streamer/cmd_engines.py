@@ -127,7 +127,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ConfigError("--precision int8 needs --calib DIR (a folder of calibration images)")
     backend = backend_class(args.backend)(spec, weights, options)
     start = time.perf_counter()
-    backend.load(progress=_progress_printer())
+    try:
+        backend.load(progress=_progress_printer())
+    except KeyboardInterrupt:
+        # TensorRT's callbacks keep Ctrl-C and the build re-raises it once the builder returns:
+        # nothing was stored (no engine, manifest or calibration table).
+        print("streamer build: interrupted; nothing was cached", file=sys.stderr)
+        raise
     seconds = time.perf_counter() - start
     try:
         artifact = backend.artifact

@@ -218,7 +218,7 @@ def probe_torch2trt() -> Check:
 def probe_onnxruntime() -> Check:
     if not _present("onnxruntime"):
         return Check("ONNX Runtime", MISSING, "not importable", "pip install 'streamer[onnx]' (onnx, onnxruntime, onnxscript)")
-    import onnxruntime  # type: ignore[import-untyped]
+    import onnxruntime
 
     providers = list(onnxruntime.get_available_providers())
     onnx = _dist_version("onnx")

@@ -25,9 +25,10 @@ class Result:
 
     prediction: Prediction
     fps: float | None = None
-    """Pipeline FPS (intervals between rendered frames, over a sliding window)."""
+    """Pipeline FPS (intervals between rendered frames, over a sliding window; the load is not in it)."""
     latency_ms: float | None = None
-    """Capture to render of this frame."""
+    """This frame's latency as the run summary counts it (:attr:`streamer.pipeline.RunSummary.latency_basis`):
+    capture to render for live sources; for files from its capture, or the model becoming ready if later."""
     model_line: str = ""
     warning: str | None = None
 
@@ -94,7 +95,7 @@ class LabelAnnotator:
 
 
 class StatsAnnotator:
-    """Pipeline FPS, capture-to-render latency, model/backend/precision and any warning, bottom-left."""
+    """Pipeline FPS, this frame's latency, model/backend/precision and any warning, bottom-left."""
 
     def __init__(
         self, colour: Colour = (255, 255, 255), model_colour: Colour = (200, 200, 200), warning_colour: Colour = (60, 60, 255)

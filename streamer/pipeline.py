@@ -10,6 +10,12 @@
 * Shutdown goes through a sentinel; every blocking call waits in short slices
   and checks a shared stop event, so an exception in any stage stops the
   whole pipeline promptly instead of hanging on a full or empty queue.
+* Live sources (cameras, streams, ``--realtime`` replays) are read only once
+  the model is ready, so nothing is captured, and then dropped, during the load.
+* Latency is counted from when a frame could first be processed: its capture,
+  or the model becoming ready if that was later (a file's first frames are read
+  during the load); for live sources that is always the capture.  The summary
+  says which (:attr:`RunSummary.latency_basis`).
 * The render stage runs on the calling (main) thread: OpenCV windows need it,
   and Ctrl-C arrives there.  It draws the annotators, writes the sink and
   tells the observers; between frames it runs the :class:`Watchdog`.
@@ -105,6 +111,15 @@ class RunSummary:
     stale: int = 0
     """Live frames dropped because they were too old by the time the model was free."""
     reconnects: int = 0
+    latency_basis: str = "capture->render"
+    """What :attr:`latency` (and each observer's ``latency_ms``) measures: ``"capture->render"``
+    for live sources; ``"ready->render"`` for files and folders, i.e. from the frame's capture or the
+    model becoming ready, whichever is later (frames read during the load wait for it, not for the pipeline)."""
+    skipped_during_load: int = 0
+    """Live frames captured before the model was ready and too old once it was (not in ``dropped``):
+    at most the one frame a camera gives when it is opened, since live sources are read only after the load."""
+    ready_s: float | None = None
+    """Start of the run to the model being ready (load and warm-up; ~0 for a worker loaded before the run)."""
 
 
 class Watchdog:
@@ -190,8 +205,12 @@ class Pipeline:
         self.stop = threading.Event()
         self.times = StageTimes()
         self.latency = Histogram()
-        """Capture to render, seconds, of every frame rendered (bounded)."""
+        """Capture (or model ready, if later) to render, seconds, of every frame rendered (bounded)."""
+        self._ready = threading.Event()
+        self._ready_at: float | None = None
+        """perf_counter when the model was ready for this run (set once by the batcher thread)."""
         self.summary = RunSummary()
+        self.summary.latency_basis = "capture->render" if source.live else "ready->render"
         self.watchdog = Watchdog(source, self.worker, self.config.stall_timeout_s)
         self._errors: list[BaseException] = []
         self._errors_lock = threading.Lock()
@@ -210,6 +229,12 @@ class Pipeline:
     # -- stages --------------------------------------------------------------
     def _capture(self) -> None:
         try:
+            if self.source.live:
+                # Read nothing until the model can take it: a live frame captured during
+                # the load would only be dropped (and a --realtime replay would run ahead).
+                while not self._ready.is_set():
+                    if self.stop.wait(_SLICE):
+                        return
             limit = self.config.max_frames
             count = 0
             while not self.stop.is_set():
@@ -275,7 +300,10 @@ class Pipeline:
                 return None
             if not self.source.live or time.perf_counter() - first.t_capture <= self.config.max_frame_age_s:
                 break
-            self.summary.stale += 1  # e.g. the last frame before a lost connection
+            if self._ready_at is not None and first.t_capture < self._ready_at:
+                self.summary.skipped_during_load += 1  # the frame a camera gave when it was opened
+            else:
+                self.summary.stale += 1  # e.g. the last frame before a lost connection
         frames = [first]
         q = self._q_in
         while len(frames) < self.config.batch and isinstance(q, queue.Queue):
@@ -309,6 +337,8 @@ class Pipeline:
                 return
             self.summary.load_s = info.load_s
             self.summary.backend = self._model_line = info.description
+            self._ready_at = time.perf_counter()
+            self._ready.set()
             while not self.stop.is_set():
                 frames = self._next_batch()
                 if frames is None:
@@ -345,7 +375,10 @@ class Pipeline:
                 break
             t0 = time.perf_counter()
             image = item.frame.image
-            latency = t0 - item.frame.t_capture
+            if self.summary.ready_s is None and self._ready_at is not None:
+                self.summary.ready_s = self._ready_at - start
+            # From when the frame could first be processed: captured, and the model ready.
+            latency = t0 - max(item.frame.t_capture, self._ready_at or item.frame.t_capture)
             fps.tick(t0)
             result = Result(item.prediction, fps.fps, latency * 1000.0, self._model_line, self.warning)
             for annotator in self.annotators:

@@ -424,6 +424,15 @@ class VideoFileSource(CaptureSource):
             frame.t_capture = time.perf_counter()
         return frame
 
+    def read(self) -> Frame | None:
+        if self.options.realtime and self._first is not None:
+            # The replay's clock starts when the pipeline first reads, not when the file was
+            # opened (the model may have loaded in between): frame 0 is "captured" now.
+            now = time.perf_counter()
+            self._t0 = now
+            self._first.t_capture = now
+        return super().read()
+
 
 class CameraSource(CaptureSource):
     """A local camera by index or /dev/videoN. Live: the newest frame wins."""

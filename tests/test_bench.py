@@ -22,12 +22,12 @@ import pytest
 
 from engines.errors import ConfigError, SinkError, SourceError
 from streamer.bench import diff as diffmod
+from streamer.bench.cli import config_from_args
 from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case, ModelChoice
 from streamer.bench.memory import engine_info, parse_compute_apps
 from streamer.bench.realtime import verdict
-from streamer.stats import across_repeats, interval_rate, summarize
-from streamer.bench.cli import config_from_args
 from streamer.cli import build_parser, main
+from streamer.stats import Stats, across_repeats, interval_rate, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO / "samples" / "video" / "bigbuckbunny.mp4"
@@ -155,13 +155,15 @@ def test_realtime_only_for_batch_one(bench: tuple[Path, dict[str, Any]]) -> None
     (row,) = _rows(data, backend="torch", precision="fp32", batch=1)
     rt = row["realtime"]
     assert rt["target_fps"] == pytest.approx(25.0)
-    assert rt["frames_offered"] == 6 and rt["dropped"] >= rt["dropped_before_end"] >= 0
-    assert isinstance(rt["last_frame_lost_at_end"], bool)
+    assert rt["frames_offered"] == 6 and 0 <= rt["dropped"] <= 6
+    assert "last_frame_lost_at_end" not in rt and "dropped_before_end" not in rt  # the fossil of a bug fixed in 181a3b2 is gone
     assert rt["sustained_fps"] is None or rt["sustained_fps"] > 0
     assert rt["latency_p50_ms"] <= rt["latency_p99_ms"]
-    assert isinstance(rt["capable"], bool)
+    assert isinstance(rt["capable"], bool) and set(rt["failed"]) <= {"replay", "headroom"} and rt["capable"] == (not rt["failed"])
     assert rt["verdict"].startswith("efficientnet_lite0 torch fp32 cpu b1: ")
-    assert rt["limit"] in {"decode", "preprocess", "inference", "postprocess", "render", "write"}
+    assert rt["slowest_stage"] in {"decode", "preprocess", "inference", "postprocess", "render", "write"}
+    threads = row["pipeline"]["thread_ms_per_frame"]
+    assert rt["busiest_thread"] == max(threads, key=threads.get) and f"busiest thread: {rt['busiest_thread']}" in rt["verdict"]
     assert _rows(data, backend="torch", precision="fp32", batch=2)[0]["realtime"] is None
     assert rt["verdict"] in data["verdicts"]
 
@@ -188,13 +190,13 @@ def test_markdown_opens_with_the_device_and_the_lab_table(bench: tuple[Path, dic
     assert lines[2].startswith("**Measured on: CPU ") and "cores)" in lines[2]
     first_table = next(i for i, ln in enumerate(lines) if ln.startswith("| "))
     assert lines[first_table] == "| backend | load time | processing time per image | max memory |"
-    assert lines[first_table - 2] == "## Results in the lab's format"
+    assert lines[first_table - 2] == "## Summary (batch 1), in the columns of the lab's published table"
     assert "cold: build model, load weights, move to device" in text
     assert "606208" in text and "max_memory_allocated" in text
     assert "## Skipped and failed" in text and "tensorrt" in text.split("## Skipped and failed")[1]
-    assert "2 real photographs" in text and "the lab's set had 11" in text
+    assert "2 real photographs" in text and "the lab's published set had 11" in text
     assert "## Real-time verdict" in text
-    for heading in ("## Network alone", "## Pipeline, stage by stage", "## Output change", "## Memory", "## Environment", "## The lab's method"):
+    for heading in ("## Network alone", "## Pipeline, stage by stage", "## Output change", "## Memory", "## Environment", "## Reference script (one image at a time, as a naive script does)"):
         assert heading in text
 
 
@@ -235,15 +237,13 @@ def test_samples_back_the_percentiles(bench: tuple[Path, dict[str, Any]]) -> Non
 
 
 def test_plots_can_be_redrawn_from_the_written_report(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    from streamer.bench.plots import main as replot_main
-
     report, data = bench
     copy = tmp_path / "copy"
     shutil.copytree(report, copy)
     for png in copy.glob("*.png"):
         png.unlink()
     before = (copy / "report.md").read_text(encoding="utf-8")
-    assert replot_main([str(copy)]) == 0
+    assert main(["bench", "--replot", str(copy)]) == 0
     assert sorted(p.name for p in copy.glob("*.png")) == sorted(data["plots"])
     assert (copy / "report.md").read_text(encoding="utf-8") == before
 
@@ -298,21 +298,90 @@ def test_engine_info_reads_the_backends_artifact() -> None:
 
 
 def test_verdict() -> None:
-    pipe = {"frame_interval_ms": {"p99": 20.0}, "slowest_stage": "inference", "slowest_stage_ms": 15.0, "slowest_thread": "inference thread"}
-    good = {"dropped": 0, "frames_offered": 100, "dropped_fraction": 0.0, "sustained_fps": 25.0}
-    v = verdict("x", 25.0, good, pipe)
-    assert v["capable"] is True and v["headroom_p99"] == pytest.approx(2.0) and "REAL-TIME" in v["verdict"]
-    bad = {"dropped": 30, "frames_offered": 100, "dropped_fraction": 0.3, "sustained_fps": 17.0}
-    v = verdict("x", 25.0, bad, pipe)
-    assert v["capable"] is False and "NOT real-time" in v["verdict"] and "inference" in v["verdict"]
+    from streamer.bench.results import Replay
+
+    def replay(dropped: int, fps: float) -> Replay:
+        return Replay(25.0, 100, 100 - dropped, dropped, dropped / 100, fps, 10.0, 20.0, 30.0)
+
+    busiest, slowest = ("writer thread (write)", 18.0), ("inference", 15.0)
+    v = verdict("x", 25.0, replay(0, 25.0), 20.0, busiest, slowest)
+    assert v.capable is True and v.failed == [] and v.headroom_p99 == pytest.approx(2.0) and "REAL-TIME" in v.verdict
+    assert "busiest thread: writer thread" in v.verdict and "slowest stage: inference 15.0" in v.verdict
+    v = verdict("x", 25.0, replay(30, 17.0), 20.0, busiest, slowest)
+    assert v.capable is False and v.failed == ["replay"] and "NOT real-time" in v.verdict and "live replay FAILED" in v.verdict
+    v = verdict("x", 25.0, replay(0, 25.0), 50.0, busiest, slowest)  # the replay held, but p99 headroom is 0.8
+    assert v.capable is False and v.failed == ["headroom"] and "below 1: FAILED" in v.verdict
+    v = verdict("x", 25.0, None, 20.0, busiest, slowest)
+    assert v.capable is None and "no verdict" in v.verdict
+
+
+def test_results_round_trip_through_json() -> None:
+    from streamer.bench.results import (
+        CaseResult,
+        CaseSpec,
+        LoadFigures,
+        Parity,
+        Replay,
+        job_from_json,
+        job_to_json,
+    )
+
+    spec = CaseSpec(key="k", label="l", model="m", weights="random", backend="torch", precision="fp32", device="cpu", batch=1,
+                    source="s.mp4", work_dir="/tmp", repeats=2, warmup=1, sink="null", labels={"a.jpg": ["cat"]})
+    assert job_from_json(json.loads(json.dumps(job_to_json(spec)))) == spec
+    result = CaseResult(status="partial", reason="diff: x", errors={"diff": "x"}, load=LoadFigures(cold_s=1.5),
+                        parity=Parity(metrics={"max_abs": 0.1}), replay=Replay(25.0, 10, 9, 1, 0.1, 24.0, 1.0, 2.0, 3.0))
+    again = CaseResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert again == result and isinstance(again.load, LoadFigures) and isinstance(again.replay, Replay)
+
+
+def test_require_realtime_names_the_slow_cases() -> None:
+    from streamer.bench.cli import EXIT_NOT_REALTIME, realtime_failure
+
+    def row(label: str, capable: bool | None, failed: list[str]) -> dict[str, Any]:
+        return {"key": label, "label": label, "status": "ok", "realtime": {"capable": capable, "failed": failed}}
+
+    assert EXIT_NOT_REALTIME == 3
+    assert realtime_failure([row("a", True, []), row("b", None, [])]) is None
+    problem = realtime_failure([row("a", True, []), row("b", False, ["headroom"])])
+    assert problem is not None and "1 of 2" in problem and "b (headroom failed)" in problem
+    assert realtime_failure([row("b", None, [])]) == "no case has a real-time verdict (batch 1 on a video file, without --no-realtime)"
+
+
+def test_images_default_to_an_image_folder_source(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(IMAGES / "cat.jpg", folder / "cat.jpg")
+    args = build_parser().parse_args(["bench", str(folder), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r")])
+    assert config_from_args(args).images == folder.resolve()
+    args = build_parser().parse_args(["bench", str(VIDEO), "--model", "efficientnet_lite0", "--report", str(tmp_path / "r")])
+    assert config_from_args(args).images == IMAGES.resolve()
+
+
+def test_run_time_estimate_counts_cases_repeats_and_frames(tmp_path: Path) -> None:
+    from streamer.bench.results import CaseSpec, Job
+    from streamer.bench.runner import describe_estimate, estimate_seconds
+
+    config = BenchConfig(source=VIDEO, images=IMAGES, report_dir=tmp_path, models=(ModelChoice("efficientnet_lite0", "imagenet"),),
+                         backends=("torch",), precisions=("fp32",), devices=("cpu",), batches=(1,), repeats=2, max_frames=40)
+
+    def job(repeats: int) -> Job:
+        return Job("x", CaseSpec(key="k", label="x", model="m", weights="imagenet", backend="torch", precision="fp32", device="cpu",
+                                 batch=1, source=str(VIDEO), work_dir="/tmp", repeats=repeats, warmup=1, sink="video", realtime=True, source_fps=25.0))
+
+    source = {"frames": 132, "fps": 25.0}
+    one, more = estimate_seconds(config, [job(2)], source, 2), estimate_seconds(config, [job(5)], source, 2)
+    assert 0 < one < more and estimate_seconds(config, [job(2), job(2)], source, 2) == pytest.approx(2 * one)
+    assert "1 jobs (1 cases); estimated run time about" in describe_estimate(one, [job(2)])
 
 
 def test_only_disturbed_measured_cases_are_retried() -> None:
+    from streamer.bench.results import CaseResult
     from streamer.bench.runner import _others
 
-    assert _others({"status": "ok", "machine_load": {"other_processes": 0.5}}) == 0.5
-    assert _others({"status": "partial", "machine_load": {"other_processes": None}}) == 0.0
-    assert _others({"status": "skipped", "reason": "x"}) == 0.0
+    assert _others(CaseResult(status="ok", machine_load={"other_processes": 0.5})) == 0.5
+    assert _others(CaseResult(status="partial", machine_load={"other_processes": None})) == 0.0
+    assert _others(CaseResult(status="skipped", reason="x")) == 0.0
 
 
 def test_what_counts_as_a_skip() -> None:
@@ -347,30 +416,44 @@ def test_gpu_shaped_report_renders(tmp_path: Path) -> None:
     """A report with a CUDA row (driver memory), a random-weights model and a failure, rendered without a GPU."""
     from streamer.bench.assemble import assemble
     from streamer.bench.report import write_reports
-    from streamer.bench.runner import Job
+    from streamer.bench.results import (
+        CaseResult,
+        CaseSpec,
+        Job,
+        LoadFigures,
+        MemoryFigures,
+        NetworkFigures,
+    )
 
     alex = ModelChoice("alexnet", "random", note="its ImageNet weights are not on this machine")
     config = BenchConfig(
         source=VIDEO, images=IMAGES, report_dir=tmp_path, models=(alex,), backends=("torch", "tensorrt"),
         precisions=("fp16",), devices=("cuda:0",), batches=(1,), command="streamer bench --model alexnet",
     )
-    lat = {"mean": 1.0, "std": 0.1, "p50": 1.0, "p95": 1.2, "p99": 1.5, "min": 0.9, "max": 1.6, "n": 10, "repeats": 2}
-    ok: dict[str, Any] = {
-        "status": "ok",
-        "load": {"cold_s": 2.5, "warm_s": 0.4, "cuda_context_s": 0.3},
-        "network": {"timer": "cuda_events", "latency_ms": lat, "latency_wall_ms": lat, "per_image_ms": 1.0, "throughput_fps": 1000.0, "first_infer_ms": 3.0, "samples": [1.0] * 10},
-        "memory": {"host_peak_mb": 3000.0, "gpu_process_mb": 900.0, "gpu_process_by_phase_mb": {"cold_load": 950.0}, "gpu_method": "nvidia-smi", "torch_max_allocated_mb": 0.578125},
-        "realtime": None,
-    }
+    lat: Stats = {"mean": 1.0, "std": 0.1, "p50": 1.0, "p95": 1.2, "p99": 1.5, "min": 0.9, "max": 1.6, "n": 10, "repeats": 2}
+    ok = CaseResult(
+        status="ok",
+        load=LoadFigures(cold_s=2.5, warm_s=0.4, cuda_context_s=0.3),
+        network=NetworkFigures(timer="cuda_events", per_call="one infer() call", latency_ms=lat, latency_wall_ms=lat, per_image_ms=1.0,
+                               throughput_fps=1000.0, throughput_fps_std=None, first_infer_ms=3.0, first_infer_wall_ms=3.1,
+                               calls_per_repeat=5, samples=[1.0] * 10),
+        memory=MemoryFigures(host_peak_mb=3000.0, gpu_process_mb=900.0, gpu_process_by_phase_mb={"cold_load": 950.0}, gpu_method="nvidia-smi",
+                             torch_max_allocated_mb=0.578125),
+    )
     case_ok = Case(alex, "torch", "fp16", "eager", "cuda:0", 1)
     case_bad = Case(alex, "tensorrt", "fp16", "eager", "cuda:0", 1)
-    results: list[tuple[Job, dict[str, Any]]] = [
-        (Job(case_ok.label, {"kind": "case"}, case_ok), ok),
-        (Job(case_bad.label, {"kind": "case"}, case_bad), {"status": "failed", "reason": "EngineError: build failed"}),
+
+    def spec(case: Case) -> CaseSpec:
+        return CaseSpec(key=case.key, label=case.label, model="alexnet", weights="random", backend=case.backend, precision="fp16",
+                        device="cuda:0", batch=1, source=str(VIDEO), work_dir=str(tmp_path), repeats=2, warmup=1, sink="video")
+
+    results: list[tuple[Job, CaseResult]] = [
+        (Job(case_ok.label, spec(case_ok), case_ok), ok),
+        (Job(case_bad.label, spec(case_bad), case_bad), CaseResult(status="failed", reason="EngineError: build failed")),
     ]
     env = {"cpu_model": "Test CPU", "cpu_cores_logical": 16, "gpu_name": "NVIDIA H100", "driver": "580.1", "cuda": "13.0"}
     source = {"path": str(VIDEO), "fps": 25.0, "video": True, "frames": 132, "frame_size": [1280, 720]}
-    report = assemble(config, env, source, sorted(IMAGES.glob("*.jpg")), {}, results, [], tmp_path)
+    report = assemble(config, env, source, sorted(IMAGES.glob("*.jpg")), {}, list(results), [], tmp_path)
     write_reports(report, tmp_path)
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "**Measured on: GPU NVIDIA H100 (driver 580.1, CUDA 13.0); host CPU Test CPU (16 cores)**" in text

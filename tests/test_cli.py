@@ -461,3 +461,109 @@ def test_models_command_prints_whole_names_on_an_80_column_terminal(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     for name in ("mobilenet_v3_large", "efficientnet_lite0"):
         assert name in result.stdout
+
+
+# -- overlay switches, global options, grouped help, shell completion ------------------------------
+def test_no_labels_and_no_stats_leave_the_overlay_off(tmp_path: Path, sample_images: Path) -> None:
+    cat = sample_images / "cat.jpg"
+    original = np.asarray(cv2.imread(str(cat)), dtype=int)
+    outputs = {}
+    for name, flags in (("bare", ["--no-labels", "--no-stats"]), ("labels", ["--no-stats"])):
+        result = run_cli([*RUN, cat, "-o", tmp_path / name, *flags, *MODEL_ARGS], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outputs[name] = np.asarray(cv2.imread(str(tmp_path / name / files_in(tmp_path / name)[0])), dtype=int)
+    h = original.shape[0]
+    top, bottom = slice(0, h // 8), slice(h - h // 8, h)
+    bare, labels = outputs["bare"], outputs["labels"]
+    # Only JPEG re-encoding separates the bare output from the input: no band anywhere.
+    assert np.abs(bare - original).mean() < 3
+    assert np.abs(bare[bottom] - original[bottom]).mean() < 3, "no stats band"
+    left = slice(0, original.shape[1] // 4)
+    assert np.abs(labels[top, left] - original[top, left]).mean() > 10, "--no-stats keeps the labels (top left)"
+    assert np.abs(bare[top, left] - original[top, left]).mean() < 3
+    assert np.abs(labels[bottom] - bare[bottom]).mean() < 3, "--no-stats leaves the bottom alone"
+
+
+@pytest.mark.parametrize(
+    "argv, verbose, debug",
+    [
+        (["run", "x.mp4", "-v"], 1, False),
+        (["-v", "run", "x.mp4"], 1, False),
+        (["run", "x.mp4", "-vv", "--debug"], 2, True),
+        (["--debug", "run", "x.mp4"], 0, True),
+        (["run", "x.mp4"], 0, False),
+        (["cache", "list", "-v"], 1, False),
+        (["models", "--debug"], 0, True),
+    ],
+)
+def test_global_options_are_accepted_after_the_subcommand(argv: list[str], verbose: int, debug: bool) -> None:
+    from streamer.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.verbose, args.debug) == (verbose, debug)
+
+
+def test_run_help_is_grouped_with_examples(tmp_path: Path) -> None:
+    result = run_cli(["run", "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    headings = [line for line in text.splitlines() if re.fullmatch(r"[a-z ]+:", line)]
+    assert headings[:1] == ["options:"] or headings[:1] == ["optional arguments:"]
+    assert ["input:", "output:", "model:", "performance:", "global options:", "examples:"] == headings[1:]
+    section = lambda name: text.split(f"\n{name}:\n", 1)[1].split("\n\n", 1)[0]  # noqa: E731
+    assert "--realtime" in section("input") and "--no-stats" in section("output")
+    assert "--backend" in section("model") and "--batch" in section("performance")
+    assert "streamer run 0 --show" in text
+
+
+def _bash_complete(script: Path, *words: str) -> list[str]:
+    """COMPREPLY for the command line ``words`` (the last one being completed), as bash's Tab would set it."""
+    quoted = " ".join(f"'{w}'" for w in words)
+    program = f'source "{script}"; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _streamer; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    result = subprocess.run(["bash", "--norc", "-c", program], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return [w for w in result.stdout.splitlines() if w]
+
+
+@pytest.fixture(scope="module")
+def bash_completion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("completion")
+    result = run_cli(["completion", "bash"], cwd=work)
+    assert result.returncode == 0, result.stderr
+    script = work / "streamer.bash"
+    script.write_text(result.stdout)
+    return script
+
+
+def test_bash_completion_is_valid_bash(bash_completion: Path) -> None:
+    checked = subprocess.run(["bash", "-n", str(bash_completion)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_bash_completion_completes_subcommands_options_and_choices(bash_completion: Path, tmp_path: Path) -> None:
+    assert {"run", "bench", "build", "cache", "models", "doctor", "completion"} <= set(_bash_complete(bash_completion, "streamer", ""))
+    assert _bash_complete(bash_completion, "streamer", "ru") == ["run"]
+    assert set(_bash_complete(bash_completion, "streamer", "run", "--no-")) == {"--no-progress", "--no-summary", "--no-labels", "--no-stats"}
+    assert "onnxruntime" in _bash_complete(bash_completion, "streamer", "-v", "run", "clip.mp4", "--backend", "")
+    assert _bash_complete(bash_completion, "streamer", "run", "--model", "eff") == ["efficientnet_lite0"]
+    assert _bash_complete(bash_completion, "streamer", "completion", "z") == ["zsh"]
+    assert set(_bash_complete(bash_completion, "streamer", "cache", "")) >= {"list", "clear"}
+    # An option's value is not taken for a subcommand; file names complete where no choices apply.
+    (tmp_path / "clip-for-completion.mp4").write_bytes(b"")
+    words = _bash_complete(bash_completion, "streamer", "run", "--cache-dir", str(tmp_path / "clip-for"))
+    assert words == [str(tmp_path / "clip-for-completion.mp4")]
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_completion_scripts(shell: str, tmp_path: Path) -> None:
+    import shutil
+
+    result = run_cli(["completion", shell], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "completion" in result.stdout and "no-stats" in result.stdout
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed here: syntax not checked")
+    script = tmp_path / f"streamer.{shell}"
+    script.write_text(result.stdout)
+    checked = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr

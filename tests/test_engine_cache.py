@@ -169,7 +169,7 @@ def test_key_covers_every_field_and_is_canonical() -> None:
     fields = key.to_json()
     assert set(fields) == {
         "format_version", "producer", "model", "precision", "source_sha256", "source_format", "calib_sha256",
-        "inputs", "profile", "workspace_mb", "trt_version", "cuda_version", "gpu_name", "compute_capability",
+        "inputs", "profile", "workspace_mb", "trt_version", "cuda_version", "gpu_name", "compute_capability", "gpu_sm_count", "gpu_memory_mb",
         "os", "arch", "extra",
     }  # fmt: skip
     text = canonical_json(fields)
@@ -240,8 +240,9 @@ def test_manifest_content(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> 
     assert manifest["outputs"] == [{"name": "logits", "shape": [-1, 1000], "dtype": "float32"}]
     key = manifest["key"]
     assert key["source_sha256"] == _sha(onnx_path) and key["source_format"] == "onnx"
-    assert key["profile"] == [
-        {"input": "input", "min": [1, 3, 224, 224], "opt": [4, 3, 224, 224], "max": [4, 3, 224, 224]}
+    assert key["profile"] == [  # opt 1 for live single frames, opt = batch for file batches
+        {"input": "input", "min": [1, 3, 224, 224], "opt": [1, 3, 224, 224], "max": [1, 3, 224, 224]},
+        {"input": "input", "min": [1, 3, 224, 224], "opt": [4, 3, 224, 224], "max": [4, 3, 224, 224]},
     ]
     assert key["workspace_mb"] == 64 and key["gpu_name"] == "Fake GPU 9000"
     assert key["compute_capability"] == "8.6" and key["cuda_version"] == "12.4"
@@ -249,7 +250,10 @@ def test_manifest_content(fake_trt: Any, tmp_path: Path, cache_folder: Path) -> 
     assert result.paths.payload.name.startswith("efficientnet_lite0-fp16-sm86-trt10.13.0.35-")
     header = fake_trt.header_of(result.paths.payload)
     assert header["workspace"] == 64 << 20
-    assert header["profiles"] == [{"input": [[1, 3, 224, 224], [4, 3, 224, 224], [4, 3, 224, 224]]}]
+    assert header["profiles"] == [
+        {"input": [[1, 3, 224, 224], [1, 3, 224, 224], [1, 3, 224, 224]]},
+        {"input": [[1, 3, 224, 224], [4, 3, 224, 224], [4, 3, 224, 224]]},
+    ]
 
 
 def test_trt8_uses_explicit_batch_flag(fake_trt: Any, tmp_path: Path, cache_folder: Path, monkeypatch: Any) -> None:
@@ -698,11 +702,11 @@ def test_one_store_one_atomic_write() -> None:
     assert not hasattr(cache_store.Store, "lookup")
 
 
-# -- scripts/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------
+# -- tools/trt_rtx_parse_check.py, driven with FakeTensorRT standing in for tensorrt_rtx ---------------
 def _script() -> Any:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "trt_rtx_parse_check.py"
+    path = Path(__file__).resolve().parents[1] / "tools" / "trt_rtx_parse_check.py"
     spec = importlib.util.spec_from_file_location("trt_rtx_parse_check", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

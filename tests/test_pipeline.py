@@ -17,6 +17,7 @@ from engines.errors import BackendError, PipelineError, SinkError, SourceError, 
 from engines.models import WeightsChoice, get_spec, imagenet_labels
 from helpers import (
     MODEL,
+    SAMPLE_VIDEO,
     SAMPLE_VIDEO_FRAMES,
     FailingSource,
     FailingVideoSink,
@@ -37,7 +38,7 @@ from streamer.overlay import LabelAnnotator, Result
 from streamer.pipeline import Pipeline, PipelineConfig
 from streamer.queues import EOS, LatestSlot
 from streamer.sinks import ImageFolderSink, NullSink, PredictionsWriter, ThreadedSink, VideoFileSink
-from streamer.sources import Source, SourceOptions, open_source
+from streamer.sources import Frame, Source, SourceOptions, open_source
 from streamer.stats import FpsMeter, LatencyStats, StageTimes
 
 ERROR_DEADLINE_S = 8.0  # a failing run must stop within a few seconds, never hang (generous: CI shares 2 cores)
@@ -495,3 +496,100 @@ def test_a_closed_worker_refuses_work_and_a_run_on_it_fails_cleanly(tmp_path: Pa
     sink, predictions = _outputs(tmp_path)
     error = _assert_fails_cleanly(Pipeline(open_source(str(short_clip)), sink, worker, PipelineConfig(), observers=[predictions]), tmp_path, PipelineError)
     assert "closed" in str(error)
+
+
+# -- honest numbers: latency basis, live sources start after the load ------------------------
+class _SlowLoad:
+    """A recipe whose backend takes ``seconds`` to build (a cold engine, a big download)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self) -> Backend:
+        time.sleep(self.seconds)
+        return FakeBackend()
+
+
+class _LatencyRecorder:
+    """A run observer keeping (frame index, t_capture, latency_ms, perf_counter at write)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, float, float, float]] = []
+
+    def write(self, frame, prediction, latency_ms: float) -> None:  # type: ignore[no-untyped-def]
+        self.rows.append((frame.index, frame.t_capture, latency_ms, time.perf_counter()))
+
+    def finalize(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def test_file_latency_counts_from_model_ready_not_from_capture_during_the_load(short_clip: Path) -> None:
+    recorder = _LatencyRecorder()
+    pipeline = Pipeline(open_source(str(short_clip)), NullSink(), _SlowLoad(1.0), PipelineConfig(max_frames=4), observers=[recorder])
+    summary = pipeline.run()
+    assert summary.latency_basis == "ready->render"
+    ready_at = pipeline._ready_at
+    assert ready_at is not None and summary.ready_s is not None and summary.ready_s >= 1.0
+    index, t_capture, latency_ms, written_at = recorder.rows[0]
+    assert index == 0 and t_capture < ready_at, "frame 0 was read while the model loaded"
+    for _, t_cap, lat_ms, at in recorder.rows:
+        assert 0 <= lat_ms / 1000.0 <= at - max(t_cap, ready_at)
+    # The second of load is not in frame 0's latency (it was before this change: ~1000 ms).
+    assert latency_ms / 1000.0 < (written_at - t_capture) - 0.5
+
+
+def test_live_source_opened_before_a_slow_load_is_read_only_once_the_model_is_ready(
+    tmp_path: Path, clip_factory: Callable[..., Path]
+) -> None:
+    clip = clip_factory("live40.mp4", 40)  # 1.6 s at 25 FPS
+    source = open_source(str(clip), SourceOptions(realtime=True))
+    assert source.live
+    recorder = _LatencyRecorder()
+    pipeline = Pipeline(source, NullSink(), _SlowLoad(1.0), PipelineConfig(), observers=[recorder])
+    summary = pipeline.run()
+    assert summary.latency_basis == "capture->render"
+    assert summary.frames_in == 40
+    assert summary.frames_out + summary.dropped == summary.frames_in
+    ready_at = pipeline._ready_at
+    assert ready_at is not None
+    # Nothing was captured during the load: the replay starts with the model ready, at frame 0
+    # (before, its clock ran during the load and the first second of frames was lost).
+    assert recorder.rows[0][0] == 0
+    assert all(t_cap >= ready_at for _, t_cap, _, _ in recorder.rows)
+    for _, t_cap, lat_ms, at in recorder.rows:
+        assert 0 <= lat_ms / 1000.0 <= at - t_cap
+
+
+class _Camera(Source):
+    """A live source of the sample clip's frames, like a camera: ``open`` captures its first frame."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__("camera(test)")
+        self.live = True
+        self._images = read_frames(SAMPLE_VIDEO, frames)
+
+    def _open_impl(self) -> None:
+        pass
+
+    def _read_impl(self) -> Frame | None:
+        if self._index >= len(self._images):
+            return None
+        time.sleep(0.02)
+        frame = Frame(self._index, self._images[self._index], time.perf_counter(), self.display_name)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_camera_frame_from_before_a_slow_load_is_skipped_during_load_not_dropped() -> None:
+    camera = _Camera(20).open()  # frame 0 is captured now, before the model loads
+    pipeline = Pipeline(camera, NullSink(), _SlowLoad(1.5), PipelineConfig(max_frame_age_s=1.0))
+    summary = pipeline.run()
+    assert summary.skipped_during_load == 1
+    assert summary.frames_in == 20
+    assert summary.frames_out + summary.dropped + summary.skipped_during_load == summary.frames_in

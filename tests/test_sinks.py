@@ -470,3 +470,14 @@ def test_pooled_image_folder_abort_after_writes_leaves_nothing(tmp_path: Path, t
     sink.abort()
     sink.abort()  # twice is harmless
     assert files_in(tmp_path / "mine") == ["notes.txt"]
+
+
+def test_the_window_opens_at_the_frame_size_or_fits_the_screen() -> None:
+    from streamer.sinks.window import window_size
+
+    assert window_size((1280, 720), None) == (1280, 720)
+    assert window_size((1280, 720), (1920, 1080)) == (1280, 720)
+    w, h = window_size((3840, 2160), (1920, 1080))
+    assert w <= 1920 * 0.9 and h <= 1080 * 0.9 and abs(w / h - 16 / 9) < 0.01
+    w, h = window_size((1000, 4000), (1920, 1080))
+    assert h <= 972 and abs(w / h - 0.25) < 0.01

@@ -29,6 +29,8 @@ CHECKED = (
     "engines/backends/tensorrt/calibrator.py",
     "engines/backends/tensorrt/key.py",
     "engines/backends/torch2trt_backend.py",
+    "engines/backends/torch2trt_converters.py",
+    "tools/trt_rtx_check.py",
     "engines/backends/onnxruntime_backend.py",
     "streamer/cmd_engines.py",
 )
@@ -51,6 +53,14 @@ def test_engine_modules_pass_mypy() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Success: no issues found in {len(CHECKED)} source files" in result.stdout
 
+
+
+def test_whole_package_passes_mypy() -> None:
+    """Every module of both packages and the tools, not only the engine code: the CLI, the
+    pipeline, the bench and the tools are type-checked too (strict defs, see mypy.ini)."""
+    result = run_mypy("streamer", "engines", "tools")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
 
 GOOD = '''
 def build(onnx: bytes) -> bytes:

@@ -151,7 +151,8 @@ class EngineKey(StoreKey):
     source_sha256: str
     """SHA-256 of the network as given to the builder, weights included (ONNX bytes for tensorrt)."""
     source_format: str
-    """``onnx`` or ``torch-state-dict``: what ``source_sha256`` was taken over."""
+    """``onnx``, ``torch-state-dict`` or ``torch-weights-id`` (torch2trt: SHA-256 of the weights id): what
+    ``source_sha256`` was taken over."""
     calib_sha256: str | None
     inputs: tuple[TensorSpec, ...]
     profile: tuple[ShapeProfile, ...]
@@ -166,6 +167,10 @@ class EngineKey(StoreKey):
     arch: str
     extra: tuple[tuple[str, str], ...] = ()
     """Producer-specific build settings that change the payload, as sorted (name, value) pairs."""
+    gpu_sm_count: int | None = None
+    """Streaming multiprocessors (Jetson Orin modules share a name and compute capability)."""
+    gpu_memory_mb: int | None = None
+    """Total device memory, MiB."""
 
     def __post_init__(self) -> None:
         if self.producer not in PAYLOAD_SUFFIXES:
@@ -196,6 +201,8 @@ class EngineKey(StoreKey):
             "cuda_version": self.cuda_version,
             "gpu_name": self.gpu_name,
             "compute_capability": self.compute_capability,
+            "gpu_sm_count": self.gpu_sm_count,
+            "gpu_memory_mb": self.gpu_memory_mb,
             "os": self.os,
             "arch": self.arch,
             "extra": {k: v for k, v in self.extra},

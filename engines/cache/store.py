@@ -51,7 +51,7 @@ _MODEL = r"(?P<model>[A-Za-z0-9_][A-Za-z0-9_.]*)"
 _ENGINE_RE = re.compile(
     rf"^(?P<stem>{_MODEL}-(?P<precision>fp32|fp16|int8)-sm(?P<cc>[0-9]+)"
     r"-trt(?P<trt>[A-Za-z0-9_.+]+)-(?P<key>[0-9a-f]{16}))"
-    r"(?P<suffix>\.engine|\.trtmodule|\.json|\.lock|\.calib)$"
+    r"(?P<suffix>\.engine|\.trtmodule|\.json|\.lock|\.calib|\.rtcache)$"
 )
 _ONNX_RE = re.compile(
     rf"^(?P<stem>{_MODEL}-(?P<batch>dyn|b[0-9]+)-opset(?P<opset>[0-9]+)-(?P<key>[0-9a-f]{{16}}))"

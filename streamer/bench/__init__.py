@@ -1,4 +1,4 @@
-"""``streamer bench``: the lab's evaluation, reproducible and honest.
+"""``streamer bench``: load time, speed, memory, output change and real-time capability, reproducible.
 
 For each model, backend, precision, variant, device and batch size it
 measures load time (cold and warm), the network alone and the whole pipeline
@@ -8,8 +8,8 @@ the source in real time; it writes report.md, report.json, report.csv and plots.
 
 Modules, one job each: :mod:`.config` (what to run), :mod:`.runner` (runs each
 case in a fresh process), :mod:`.worker` (the process side), :mod:`.load`,
-:mod:`.latency`, :mod:`.memory`, :mod:`.diff`, :mod:`.realtime`,
-:mod:`.reference` (CPU reference and the lab's method), :mod:`.codec`,
+:mod:`.latency`, :mod:`.memory`, :mod:`.diff`, :mod:`.realtime`, :mod:`.results` (typed jobs and results),
+:mod:`.reference` (CPU reference and the reference script), :mod:`.codec`,
 :mod:`.environment`, :mod:`.assemble`, :mod:`.report`, :mod:`.plots`,
 :mod:`.progress`, :mod:`.cli`.
 """
@@ -18,10 +18,4 @@ from __future__ import annotations
 
 from streamer.bench.config import BenchConfig, Case, ModelChoice
 
-__all__ = ["BenchConfig", "Case", "ModelChoice", "run_bench"]
-
-
-def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, object]:
-    from streamer.bench.runner import run_bench as _run
-
-    return _run(config, progress)
+__all__ = ["BenchConfig", "Case", "ModelChoice"]

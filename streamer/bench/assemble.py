@@ -1,4 +1,4 @@
-"""Turns the workers' results into the report dictionary (``report.json``'s content).
+"""Turns the workers' typed results (:mod:`.results`) into the report dictionary (``report.json``'s content).
 
 Every case gets a row of the same shape; a figure that does not apply or was
 not measured is None, never a made-up number.  Skipped and failed cases keep
@@ -8,16 +8,25 @@ their row, with the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from streamer.bench import environment
 from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case
+from streamer.bench.paths import display_path
 from streamer.bench.realtime import verdict
-
-if TYPE_CHECKING:
-    from streamer.bench.runner import Job
+from streamer.bench.results import (
+    CaseResult,
+    CodecSpec,
+    Job,
+    JobResult,
+    LabSpec,
+    LoadFigures,
+    MemoryFigures,
+    ReferenceSpec,
+)
+from streamer.stats import Stats
 
 SCHEMA_VERSION = 1
 LAB_IMAGES = 11
@@ -26,17 +35,22 @@ LAB_MAX_MEMORY_BYTES = 606208
 BUSY_THRESHOLD = 0.10
 """Share of all cores used by other processes above which a case's timings are flagged as disturbed."""
 
-LATENCY_KEYS = ("mean", "std", "p50", "p95", "p99", "min", "max", "n", "repeats")
+Report = dict[str, Any]
+"""``report.json``'s content: the rows are :func:`case_row` of each case's :class:`CaseResult`."""
 
 
-def _pick(d: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
-    d = d or {}
-    return {k: d.get(k) for k in keys}
+def _empty_stats() -> Stats:
+    """The statistics of a figure that was not measured: every field None (not n = 0: nothing was counted)."""
+    return dict.fromkeys(("mean", "std", "p50", "p95", "p99", "min", "max", "n", "repeats"))
 
 
-def base_row(case: Case, status: str, reason: str | None) -> dict[str, Any]:
-    return {
+def case_row(case: Case, result: CaseResult, target_fps: float | None) -> dict[str, Any]:
+    """One report row: the case, then what its worker measured (None where nothing was)."""
+    load = result.load or LoadFigures()
+    net, pipe, memory, parity = result.network, result.pipeline, result.memory or MemoryFigures(), result.parity
+    row: dict[str, Any] = {
         "key": case.key,
+        "label": case.label,
         "model": case.model.name,
         "weights": case.model.weights,
         "weights_note": RANDOM_NOTE if case.model.random else case.model.note,
@@ -45,78 +59,50 @@ def base_row(case: Case, status: str, reason: str | None) -> dict[str, Any]:
         "variant": case.variant,
         "device": case.device,
         "batch": case.batch,
-        "status": status,
-        "reason": reason,
-        "backend_description": None,
-        "load": {k: None for k in ("cold_s", "warm_s", "cold_ready_s", "warm_ready_s", "cuda_context_s", "engine_build_s", "cold_cache_hit", "warm_cache_hit", "cache_dir_fresh")},
-        "first_frame": {"first_infer_ms": None, "cold_start_to_first_result_s": None, "source_open_to_first_frame_ms": None},
-        "timer": None,
-        "latency_ms": _pick(None, LATENCY_KEYS),
-        "latency_wall_ms": _pick(None, LATENCY_KEYS),
-        "per_image_ms": None,
-        "throughput_fps": None,
-        "pipeline": None,
-        "memory": {
-            "host_peak_mb": None,
-            "host_baseline_mb": None,
-            "gpu_process_mb": None,
-            "gpu_method": None,
-            "torch_max_allocated_mb": None,
-            "unified_memory_mb": None,
-            "engine_file_mb": None,
-            "trt_device_memory_mb": None,
+        "status": result.status,
+        "reason": result.reason,
+        "backend_description": result.backend_description,
+        "load": load.to_json(),
+        "first_frame": {
+            "first_infer_ms": net.first_infer_ms if net else None,
+            "cold_start_to_first_result_s": load.cold_ready_s,
+            "source_open_to_first_frame_ms": pipe.start_to_first_frame_ms.get("mean") if pipe else None,
         },
-        "diff_vs_reference": None,
+        "timer": net.timer if net else None,
+        "latency_ms": net.latency_ms if net else _empty_stats(),
+        "latency_wall_ms": net.latency_wall_ms if net else _empty_stats(),
+        "per_image_ms": net.per_image_ms if net else None,
+        "throughput_fps": net.throughput_fps if net else None,
+        "throughput_fps_std": net.throughput_fps_std if net else None,
+        "pipeline": {k: v for k, v in pipe.to_json().items() if not k.endswith("_samples_ms")} if pipe else None,
+        "memory": memory.to_json(),
+        "diff_vs_reference": parity.metrics if parity else None,
         "diff_note": RANDOM_NOTE if case.model.random else None,
-        "labelled_top1": None,
+        "labelled_top1": parity.labelled_top1 if parity else None,
         "realtime": None,
-        "machine_load": None,
-        "attempts": None,
-        "errors": {},
+        "machine_load": result.machine_load,
+        "jetson": result.jetson,
+        "attempts": result.attempts,
+        "errors": result.errors,
     }
-
-
-def case_row(case: Case, result: dict[str, Any], target_fps: float | None) -> dict[str, Any]:
-    row = base_row(case, str(result.get("status", "failed")), result.get("reason"))
-    if row["status"] in ("skipped", "failed") and "load" not in result:
-        return row
-    row["backend_description"] = result.get("backend_description")
-    row["errors"] = result.get("errors") or {}
-    row["machine_load"] = result.get("machine_load")
-    row["jetson"] = result.get("jetson")  # streamer.telemetry.jetson sampler summary; None off a Jetson
-    row["attempts"] = result.get("attempts")
-    load = result.get("load") or {}
-    row["load"].update({k: load.get(k) for k in row["load"]})
-    net = result.get("network") or {}
-    if net:
-        row["timer"] = net.get("timer")
-        row["latency_ms"] = _pick(net.get("latency_ms"), LATENCY_KEYS)
-        row["latency_wall_ms"] = _pick(net.get("latency_wall_ms"), LATENCY_KEYS)
-        row["per_image_ms"] = net.get("per_image_ms")
-        row["throughput_fps"] = net.get("throughput_fps")
-        row["throughput_fps_std"] = net.get("throughput_fps_std")
-    pipe = result.get("pipeline")
-    if pipe:
-        row["pipeline"] = {k: v for k, v in pipe.items() if not k.endswith("_samples_ms")}
-    row["first_frame"] = {
-        "first_infer_ms": net.get("first_infer_ms"),
-        "cold_start_to_first_result_s": load.get("cold_ready_s"),
-        "source_open_to_first_frame_ms": ((pipe or {}).get("start_to_first_frame_ms") or {}).get("mean"),
-    }
-    memory = result.get("memory") or {}
-    row["memory"].update(memory)
-    diff = result.get("diff")
-    if diff:
-        row["diff_vs_reference"] = diff.get("metrics")
-        row["labelled_top1"] = diff.get("labelled_top1")
-    elif not case.model.random:
-        row["diff_note"] = "not measured" + (f" ({row['errors'].get('diff')})" if row["errors"].get("diff") else "")
-    replay = result.get("realtime")
-    if case.batch == 1 and target_fps is not None and (pipe or replay):
-        rt = dict(replay) if replay else {"target_fps": target_fps, "sustained_fps": None, "dropped": None, "latency_p50_ms": None, "latency_p99_ms": None}
-        rt.update(verdict(case.label, target_fps, replay, pipe))
-        row["realtime"] = rt
+    if result.measured and not parity and not case.model.random:
+        row["diff_note"] = "not measured" + (f" ({result.errors['diff']})" if result.errors.get("diff") else "")
+    if result.measured and case.batch == 1 and target_fps is not None and (pipe or result.replay):
+        judged = verdict(
+            case.label,
+            target_fps,
+            result.replay,
+            _float(pipe.frame_interval_ms.get("p99")) if pipe else None,
+            (pipe.busiest_thread, pipe.busiest_thread_ms) if pipe and pipe.busiest_thread and pipe.busiest_thread_ms is not None else None,
+            (pipe.slowest_stage, pipe.slowest_stage_ms) if pipe and pipe.slowest_stage and pipe.slowest_stage_ms is not None else None,
+        )
+        replay = result.replay.to_json() if result.replay else {"target_fps": target_fps, "sustained_fps": None, "dropped": None, "latency_p50_ms": None, "latency_p99_ms": None}
+        row["realtime"] = {**replay, **judged.to_json()}
     return row
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _add_diff_histograms(samples: dict[str, Any], diffs: dict[str, Any], bins: int = 80) -> None:
@@ -134,10 +120,11 @@ def _add_diff_histograms(samples: dict[str, Any], diffs: dict[str, Any], bins: i
         }
 
 
-def _row_samples(result: dict[str, Any]) -> dict[str, list[float]]:
-    net = result.get("network") or {}
-    pipe = result.get("pipeline") or {}
-    return {"network_ms": list(net.get("samples") or []), "frame_interval_ms": list(pipe.get("frame_interval_samples_ms") or [])}
+def _row_samples(result: CaseResult) -> dict[str, list[float]]:
+    return {
+        "network_ms": list(result.network.samples) if result.network else [],
+        "frame_interval_ms": list(result.pipeline.frame_interval_samples_ms) if result.pipeline else [],
+    }
 
 
 def assemble(
@@ -146,7 +133,7 @@ def assemble(
     source: dict[str, Any],
     images: list[Path],
     labels: dict[str, Any],
-    results: "list[tuple[Job, dict[str, Any]]]",
+    results: list[tuple[Job, CaseResult | JobResult]],
     skipped: list[tuple[Case, tuple[str, str]]],
     work: Path,
 ) -> dict[str, Any]:
@@ -157,24 +144,25 @@ def assemble(
     references: dict[str, Any] = {}
     lab: list[dict[str, Any]] = []
     codec: dict[str, Any] | None = None
-    by_case: dict[Case, dict[str, Any]] = {}
+    by_case: dict[Case, CaseResult] = {}
     for job, result in results:
-        kind = job.spec["kind"]
-        if kind == "case" and job.case is not None:
-            by_case[job.case] = result
-        elif kind == "reference":
-            references[job.spec["model"]] = result
-        elif kind == "lab":
-            lab.append(_lab_entry(job, result))
-        elif kind == "codec":
-            codec = result
+        spec = job.spec
+        if isinstance(result, CaseResult):
+            if job.case is not None:
+                by_case[job.case] = result
+        elif isinstance(spec, ReferenceSpec):
+            references[spec.model] = {"status": result.status, "reason": result.reason, **result.figures}
+        elif isinstance(spec, LabSpec):
+            lab.append(_lab_entry(spec, result))
+        elif isinstance(spec, CodecSpec):
+            codec = {"status": result.status, "reason": result.reason, **result.figures}
     skip_reasons = dict(skipped)
     for case in config.cases():
         if case in skip_reasons:
             status, reason = skip_reasons[case]
-            rows.append(base_row(case, status, reason))
+            rows.append(case_row(case, CaseResult(status=status, reason=reason), target))  # type: ignore[arg-type]
             continue
-        result = by_case.get(case, {"status": "failed", "reason": "not run"})
+        result = by_case.get(case, CaseResult(status="failed", reason="not run"))
         row = case_row(case, result, target)
         rows.append(row)
         samples[case.key] = _row_samples(result)
@@ -194,7 +182,7 @@ def assemble(
     notes = _notes(config, rows, images, env)
     busy = [r for r in rows if ((r.get("machine_load") or {}).get("other_processes") or 0.0) > BUSY_THRESHOLD]
     if busy:
-        worst = max((r["machine_load"]["other_processes"] for r in busy))
+        worst = max(r["machine_load"]["other_processes"] for r in busy)
         notes.insert(
             0,
             f"WARNING: other processes were using the CPU during {len(busy)} of the measured cases (up to {worst * 100:.0f} % "
@@ -213,7 +201,7 @@ def assemble(
             "count": len(images),
             "names": [p.name for p in images],
             "labelled": len([p for p in images if isinstance(labels.get(p.name), list)]),
-            "note": f"{len(images)} real photographs from {display_path(config.images)} (the lab's set had {LAB_IMAGES} images)",
+            "note": f"{len(images)} real photographs from {display_path(config.images)} (the lab's published set had {LAB_IMAGES} images)",
         },
         "results": rows,
         "verdicts": verdicts,
@@ -225,24 +213,16 @@ def assemble(
     }
 
 
-def display_path(path: Path) -> str:
-    """``path`` relative to the working folder when it is inside it (reports get committed)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _lab_entry(job: "Job", result: dict[str, Any]) -> dict[str, Any]:
-    lab = result.get("lab") or None
-    pipe = result.get("pipeline") or None
+def _lab_entry(spec: LabSpec, result: JobResult) -> dict[str, Any]:
+    lab = result.figures.get("lab") or None
+    pipe = result.figures.get("pipeline") or None
     entry: dict[str, Any] = {
-        "model": job.spec["model"],
-        "weights": job.spec["weights"],
-        "weights_note": RANDOM_NOTE if job.spec["weights"] == "random" else None,
-        "device": job.spec["device"],
-        "status": result.get("status"),
-        "reason": result.get("reason") or "; ".join(f"{k}: {v}" for k, v in (result.get("errors") or {}).items()) or None,
+        "model": spec.model,
+        "weights": spec.weights,
+        "weights_note": RANDOM_NOTE if spec.weights == "random" else None,
+        "device": spec.device,
+        "status": result.status,
+        "reason": result.reason or "; ".join(f"{k}: {v}" for k, v in result.errors.items()) or None,
         "lab": lab,
         "pipeline": pipe,
         "speedup_total": None,
@@ -269,7 +249,7 @@ def _notes(config: BenchConfig, rows: list[dict[str, Any]], images: list[Path], 
                 "reading a weights file."
             )
     if len(images) != LAB_IMAGES:
-        notes.append(f"Image set: {len(images)} real photographs; the lab's set had {LAB_IMAGES}.")
+        notes.append(f"Image set: {len(images)} real photographs; the lab's published comparison used {LAB_IMAGES}.")
     if config.retry_busy:
         retried = [r for r in rows if (r.get("attempts") or 1) > 1]
         notes.append(

@@ -12,14 +12,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.bench.config import DEFAULT_VARIANTS, SINKS, WEIGHTS_AUTO, BenchConfig, ModelChoice, parse_int_list, split_list
+from streamer.bench.config import (
+    DEFAULT_VARIANTS,
+    SINKS,
+    WEIGHTS_AUTO,
+    BenchConfig,
+    ModelChoice,
+    parse_int_list,
+    split_list,
+)
+from streamer.bench.paths import display_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = REPO_ROOT / "samples" / "video" / "bigbuckbunny.mp4"
-DEFAULT_IMAGES = REPO_ROOT / "samples" / "images"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+"""The samples of a source checkout; an installed package has none, and then SOURCE (and --images) must be given."""
+DEFAULT_SOURCE = SAMPLES / "video" / "bigbuckbunny.mp4"
+DEFAULT_IMAGES = SAMPLES / "images"
+EXIT_NOT_REALTIME = 3
 
 
-def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
+def add_bench_command(subparsers: argparse._SubParsersAction[Any]) -> None:
     from engines.backends import BACKEND_NAMES
     from streamer.cli import _positive_float, _positive_int, add_model_arguments
 
@@ -34,7 +45,7 @@ def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
         ),
         conflict_handler="resolve",
     )
-    p.add_argument("source", nargs="?", default=None, help="video file or image folder (default: samples/video/bigbuckbunny.mp4)")
+    p.add_argument("source", nargs="?", default=None, help="video file or image folder (default: samples/video/bigbuckbunny.mp4 of a source checkout)")
     add_model_arguments(p, multi=True)
     # Bench takes lists where run takes one value; these replace the shared options.
     p.add_argument("--model", "-m", default=None, help="model(s), comma-separated (default: alexnet, or efficientnet_lite0 when offline)")
@@ -52,7 +63,13 @@ def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
     p.add_argument("--warmup", "-w", type=int, default=10, help="warm-up frames before timing (default: 10)")
     p.add_argument("--report", type=Path, default=Path("bench-report"), metavar="DIR", help="output folder (default: bench-report)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in DIR")
-    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, metavar="DIR", help="photographs for the output-change and lab-method parts (default: samples/images)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="photographs for the output-change and reference-script parts (default: SOURCE when it is a folder of images, else samples/images)",
+    )
     p.add_argument("--target-fps", type=_positive_float, default=None, help="real-time target (default: the source's FPS)")
     p.add_argument("--max-frames", type=_positive_int, default=None, help="use only the first N frames of the source")
     p.add_argument("--sink", choices=SINKS, default="video", help="pipeline output: video = mp4v file in a temp folder (write = encoding), null = discard (default: video)")
@@ -66,7 +83,17 @@ def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
     )
     p.add_argument("--decode-encode-baseline", action="store_true", help="also measure decode-only and encode-only FPS of the source")
     p.add_argument("--no-realtime", action="store_true", help="skip the live replay at the target rate")
-    p.add_argument("--no-lab-method", action="store_true", help="skip the lab's PIL method and the pipeline-over-images comparison")
+    p.add_argument(
+        "--no-lab-method",
+        action="store_true",
+        help="skip the reference script (one image at a time, as a naive script does) and the pipeline-over-images comparison",
+    )
+    p.add_argument(
+        "--require-realtime",
+        action="store_true",
+        help=f"exit with status {EXIT_NOT_REALTIME} when a case with a verdict is not real-time (for CI and scripts)",
+    )
+    p.add_argument("--replot", type=Path, default=None, metavar="DIR", help="redraw the plots and report.md of the report in DIR from its report.json; measures nothing")
     p.add_argument("--case-timeout", type=_positive_float, default=1800.0, metavar="S", help="give up on one case after S seconds (default: 1800)")
     p.add_argument(
         "--retry-busy",
@@ -81,7 +108,13 @@ def add_bench_command(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 
 def _models(text: str | None, weights: str) -> tuple[list[ModelChoice], list[str]]:
-    from engines.models import DEFAULT_MODEL, WeightsChoice, get_spec, imagenet_weights_available, resolve_weights_file
+    from engines.models import (
+        DEFAULT_MODEL,
+        WeightsChoice,
+        get_spec,
+        imagenet_weights_available,
+        resolve_weights_file,
+    )
     from streamer.cli import resolve_model
 
     notes: list[str] = []
@@ -104,13 +137,6 @@ def _models(text: str | None, weights: str) -> tuple[list[ModelChoice], list[str
             resolve_weights_file(spec, WeightsChoice.parse(weights))
             out.append(ModelChoice(name, weights))
     return out, notes
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -143,14 +169,21 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     variants = tuple(split_list(args.variants, "--variants")) if args.variants else ()
     source = Path(args.source).expanduser() if args.source else DEFAULT_SOURCE
     if not source.exists():
-        raise SourceError(f"{source}: no such file or folder" + ("" if args.source else " (the bundled sample is missing; pass SOURCE)"))
+        raise SourceError(f"{source}: no such file or folder" + ("" if args.source else " (no samples installed with this package; pass SOURCE)"))
+    images = args.images
+    if images is None:
+        from streamer.sources import _image_paths_in
+
+        images = source if source.is_dir() and _image_paths_in(source) else DEFAULT_IMAGES
+        if not images.is_dir():
+            raise SourceError(f"{images}: no samples installed with this package; pass --images DIR (a folder of photographs)")
     models, notes = _models(args.model, args.weights)
-    command = ["streamer", "bench", _display(source)]
+    command = ["streamer", "bench", display_path(source)]
     command += ["--model", ",".join(m.name for m in models), "--weights", args.weights]
     command += ["--backends", ",".join(backends), "--precision", ",".join(precisions), "--device", ",".join(devices)]
     command += ["--batch", ",".join(map(str, batches)), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    if args.images != DEFAULT_IMAGES:
-        command += ["--images", _display(args.images)]
+    if args.images is not None:
+        command += ["--images", display_path(args.images)]
     for flag, value in (("--target-fps", args.target_fps), ("--max-frames", args.max_frames), ("--threads", args.threads), ("--workspace", args.workspace)):
         if value is not None:
             command += [flag, str(value)]
@@ -164,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ("--decode-encode-baseline", args.decode_encode_baseline),
         ("--no-realtime", args.no_realtime),
         ("--no-lab-method", args.no_lab_method),
+        ("--require-realtime", args.require_realtime),
     ):
         if on:
             command.append(flag)
@@ -171,10 +205,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         command += ["--cache-dir", str(args.cache_dir)]
     if args.retry_busy:
         command += ["--retry-busy", str(args.retry_busy)]
-    command += ["--report", _display(args.report)]
+    command += ["--report", display_path(args.report)]
     return BenchConfig(
         source=source.resolve(),
-        images=args.images.expanduser().resolve(),
+        images=images.expanduser().resolve(),
         report_dir=args.report.expanduser(),
         models=tuple(models),
         backends=tuple(backends),
@@ -204,9 +238,27 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def realtime_failure(rows: list[dict[str, Any]]) -> str | None:
+    """Why ``--require-realtime`` fails for these report rows (None: every case with a verdict is real-time)."""
+    judged = [r for r in rows if r["status"] in ("ok", "partial") and r.get("realtime") and r["realtime"].get("capable") is not None]
+    if not judged:
+        return "no case has a real-time verdict (batch 1 on a video file, without --no-realtime)"
+    slow = [r for r in judged if not r["realtime"]["capable"]]
+    if slow:
+        which = ", ".join(f"{r.get('label') or r['key']} ({' and '.join(r['realtime'].get('failed') or ['?'])} failed)" for r in slow)
+        return f"{len(slow)} of {len(judged)} cases are not real-time: {which}"
+    return None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamer.bench.runner import run_bench
 
+    if args.replot is not None:
+        from streamer.bench.plots import replot
+
+        written = replot(args.replot)
+        print(f"streamer: redrew {', '.join(written) or 'nothing'} and report.md in {args.replot}")
+        return 0
     config = config_from_args(args)
     report = run_bench(config, progress=not args.no_progress)
     rows = report["results"]
@@ -217,4 +269,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if rows and not ok:
         print("streamer: error: no case could be measured; see the report's skipped/failed table", file=sys.stderr)
         return 1
+    if args.require_realtime:
+        problem = realtime_failure(rows)
+        if problem is not None:
+            print(f"streamer: error: --require-realtime: {problem}", file=sys.stderr)
+            return EXIT_NOT_REALTIME
     return 0

@@ -9,8 +9,9 @@ the same frames, with the same FFmpeg backend and codec (mp4v) the pipeline uses
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from streamer.stats import summarize
 

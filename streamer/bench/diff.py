@@ -7,7 +7,8 @@ tensors (cast to its input precision), so what differs is the engine alone.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,13 +62,3 @@ def labelled_top1(logits: np.ndarray, names: Sequence[str], labels: Mapping[str,
     if total == 0:
         return None
     return {"correct": hits, "labelled": total, "misses": misses}
-
-
-def histogram(differences: np.ndarray, bins: int = 80) -> dict[str, list[float]]:
-    """Histogram of signed differences (for the report's plot; kept small in the JSON)."""
-    d = np.asarray(differences, dtype=np.float64).ravel()
-    if d.size == 0:
-        return {"edges": [], "counts": []}
-    lim = float(np.abs(d).max()) or 1e-12
-    counts, edges = np.histogram(d, bins=bins, range=(-lim, lim))
-    return {"edges": edges.tolist(), "counts": counts.astype(float).tolist()}

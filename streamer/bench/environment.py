@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _run(cmd: list[str], timeout: float = 15.0) -> str | None:
     if shutil.which(cmd[0]) is None:
         return None
@@ -71,6 +70,12 @@ def gpu_info() -> list[dict[str, Any]]:
         if len(parts) == len(keys):
             out.append(dict(zip(keys, parts)))
     return out
+
+
+def checkout_root() -> Path | None:
+    """The git checkout this package runs from (an editable install), or None for an installed package."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / ".git").exists() and (here / "streamer").is_dir() else None
 
 
 def git_state(repo: Path) -> dict[str, Any]:

@@ -23,13 +23,22 @@ Pipeline
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.stats import STAGES, Stats, across_repeats, interval_rate, intervals, summarize
+from streamer.bench.results import NetworkFigures, PipelineFigures
+from streamer.stats import (
+    STAGES,
+    Stats,
+    across_repeats,
+    interval_rate,
+    intervals,
+    summarize,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +53,11 @@ StepFn = Callable[[str, int, int], None]
 THREAD_GROUPS: dict[str, tuple[str, ...]] = {
     "capture thread (decode)": ("decode",),
     "inference thread (preprocess + inference + postprocess)": ("preprocess", "inference", "postprocess"),
-    "render thread (render + write)": ("render", "write"),
+    "render thread (render)": ("render",),
+    "writer thread (write)": ("write",),
 }
+"""Which thread runs each stage. make_sink puts every file sink behind a ThreadedSink, so "write" (encoding)
+runs on its own writer thread, not on the render thread; a sink without one ("null") has no write stage."""
 
 
 SINK_TEXT = {
@@ -58,7 +70,7 @@ SINK_TEXT = {
 class CallTimer:
     """Times one call: CUDA events and wall clock on a GPU, wall clock + synchronize on the CPU."""
 
-    def __init__(self, backend: "Backend") -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.cuda = backend.device.startswith("cuda")
         self.name = "cuda_events" if self.cuda else "perf_counter+synchronize"
@@ -87,7 +99,7 @@ class CallTimer:
         return wall, wall
 
 
-def source_batches(backend: "Backend", source_text: str, batch: int, max_frames: int | None = None) -> "list[torch.Tensor]":
+def source_batches(backend: Backend, source_text: str, batch: int, max_frames: int | None = None) -> list[torch.Tensor]:
     """The source's frames, decoded once and preprocessed by the backend into full batches on its input device.
 
     Frames are preprocessed as they are decoded, so the decoded frames are not
@@ -118,12 +130,12 @@ def source_batches(backend: "Backend", source_text: str, batch: int, max_frames:
 
 
 def time_network(
-    backend: "Backend",
-    batches: "list[torch.Tensor]",
+    backend: Backend,
+    batches: list[torch.Tensor],
     repeats: int,
     warmup: int,
     step: StepFn | None = None,
-) -> dict[str, Any]:
+) -> NetworkFigures:
     if not batches:
         raise ValueError("no input batches")
     batch = int(batches[0].shape[0])
@@ -151,19 +163,24 @@ def time_network(
         fps.append(batch * len(w_rep) / (sum(w_rep) / 1000.0))
     lat = across_repeats(primary)
     mean = lat["mean"]
-    return {
-        "timer": timer.name,
-        "per_call": f"one infer() call on a batch of {batch}, synchronised",
-        "latency_ms": lat,
-        "latency_wall_ms": across_repeats(wall),
-        "per_image_ms": (mean / batch) if isinstance(mean, float) else None,
-        "throughput_fps": summarize(fps)["mean"],
-        "throughput_fps_std": summarize(fps)["std"],
-        "first_infer_ms": first_primary,
-        "first_infer_wall_ms": first_wall,
-        "calls_per_repeat": len(batches),
-        "samples": [v for rep in primary for v in rep],
-    }
+    rate = summarize(fps)
+    return NetworkFigures(
+        timer=timer.name,
+        per_call=f"one infer() call on a batch of {batch}, synchronised",
+        latency_ms=lat,
+        latency_wall_ms=across_repeats(wall),
+        per_image_ms=(mean / batch) if isinstance(mean, float) else None,
+        throughput_fps=_float(rate["mean"]),
+        throughput_fps_std=_float(rate["std"]),
+        first_infer_ms=first_primary,
+        first_infer_wall_ms=first_wall,
+        calls_per_repeat=len(batches),
+        samples=[v for rep in primary for v in rep],
+    )
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 @dataclass
@@ -175,7 +192,7 @@ class FrameRecorder:
     top1: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
 
-    def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
+    def write(self, frame: Frame, prediction: Prediction, latency_ms: float) -> None:
         self.times.append(time.perf_counter())
         self.indices.append(int(frame.index))
         self.latency_ms.append(float(latency_ms))
@@ -197,7 +214,7 @@ class PipelineRun:
     dropped: int
     first_frame_s: float | None
     """From the source opening to the first annotated frame handed to the sink."""
-    stages: "dict[str, Histogram]"
+    stages: dict[str, Histogram]
     """Seconds per frame, by stage (the pipeline's own bounded :class:`~streamer.stats.StageTimes`)."""
     recorder: FrameRecorder
 
@@ -214,7 +231,7 @@ class PipelineRun:
 
 def run_pipeline(
     source_text: str,
-    worker: "InferenceWorker",
+    worker: InferenceWorker,
     *,
     sink_kind: str,
     out_dir: Path,
@@ -278,7 +295,7 @@ def _remove(path: Path) -> None:
         pass
 
 
-def summarize_pipeline(runs: list[PipelineRun], sink_kind: str) -> dict[str, Any]:
+def summarize_pipeline(runs: list[PipelineRun], sink_kind: str) -> PipelineFigures:
     """Per-stage mean ± std across runs and percentiles over frames; frame interval; FPS."""
     stages: dict[str, Any] = {}
     for stage in STAGES:
@@ -287,28 +304,31 @@ def summarize_pipeline(runs: list[PipelineRun], sink_kind: str) -> dict[str, Any
             stages[stage] = _in_ms(across_repeats(per_run))
     means = {k: v["mean"] for k, v in stages.items() if isinstance(v.get("mean"), float)}
     slowest = max(means, key=lambda k: means[k]) if means else None
-    groups = {name: sum(means.get(s, 0.0) for s in members) for name, members in THREAD_GROUPS.items()}
+    groups = {name: sum(means.get(s, 0.0) for s in members) for name, members in THREAD_GROUPS.items() if any(s in means for s in members)}
+    busiest = max(groups, key=lambda k: groups[k]) if groups else None
     fps = [r.fps for r in runs if r.fps is not None]
     render_fps = [r.render_fps for r in runs if r.render_fps is not None]
     first = [r.first_frame_s * 1000.0 for r in runs if r.first_frame_s is not None]
-    return {
-        "sink": SINK_TEXT.get(sink_kind, sink_kind),
-        "runs": len(runs),
-        "frames_per_run": runs[0].frames_out if runs else 0,
-        "fps": summarize(fps),
-        "fps_of": "frames / wall time from the source opening to the output finalised",
-        "render_fps": summarize(render_fps),
-        "frame_interval_ms": across_repeats([[i * 1000.0 for i in intervals(r.recorder.times)] for r in runs]),
-        "stages_ms": stages,
-        "serial_ms_per_frame": sum(means.values()) if means else None,
-        "slowest_stage": slowest,
-        "slowest_stage_ms": means.get(slowest) if slowest else None,
-        "thread_ms_per_frame": groups,
-        "slowest_thread": max(groups, key=lambda k: groups[k]) if means else None,
-        "wall_s": summarize([r.wall_s for r in runs]),
-        "start_to_first_frame_ms": summarize(first),
-        "capture_to_render_ms": across_repeats([r.recorder.latency_ms for r in runs]),
-    }
+    return PipelineFigures(
+        sink=SINK_TEXT.get(sink_kind, sink_kind),
+        runs=len(runs),
+        frames_per_run=runs[0].frames_out if runs else 0,
+        fps=summarize(fps),
+        fps_of="frames / wall time from the source opening to the output finalised",
+        render_fps=summarize(render_fps),
+        frame_interval_ms=across_repeats([[i * 1000.0 for i in intervals(r.recorder.times)] for r in runs]),
+        stages_ms=stages,
+        serial_ms_per_frame=sum(means.values()) if means else None,
+        slowest_stage=slowest,
+        slowest_stage_ms=means.get(slowest) if slowest else None,
+        thread_ms_per_frame=groups,
+        busiest_thread=busiest,
+        busiest_thread_ms=groups.get(busiest) if busiest else None,
+        wall_s=summarize([r.wall_s for r in runs]),
+        start_to_first_frame_ms=summarize(first),
+        capture_to_render_ms=across_repeats([r.recorder.latency_ms for r in runs]),
+        frame_interval_samples_ms=[(b - a) * 1000.0 for r in runs for a, b in zip(r.recorder.times, r.recorder.times[1:])],
+    )
 
 
 def _in_ms(stats: Stats) -> Stats:

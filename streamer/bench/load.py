@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 
 from engines.backends.base import Backend, LoadProgress
 from streamer.bench.memory import MemorySampler, engine_info
+from streamer.bench.results import LoadFigures
 from streamer.inference import InferenceWorker
 
 
@@ -51,20 +52,20 @@ def measure_loads(
     make_backend: Callable[[], Backend],
     sampler: MemorySampler | None = None,
     progress: LoadProgress | None = None,
-) -> tuple[dict[str, Any], InferenceWorker]:
+) -> tuple[LoadFigures, InferenceWorker]:
     """Cold load, release, warm load. Returns the figures and the warm (loaded) worker.
 
     The warm load is the :class:`InferenceWorker`'s own load, on its thread, so
     everything measured after it (network alone, pipeline runs) runs on the
     thread that loaded the backend, as ``streamer run`` does.  Its owner closes it.
     """
-    out: dict[str, Any] = {}
+    out = LoadFigures()
     if sampler is not None:
         sampler.phase("cold_load")
     cold = make_backend()
     cold.load(progress=progress)  # TensorRT build phases, where the backend reports them
-    out["cold_s"] = cold.load_seconds
-    out["cold_ready_s"] = cold.ready_seconds
+    out.cold_s = cold.load_seconds
+    out.cold_ready_s = cold.ready_seconds
     cold_info = engine_info(cold)
     _release(cold)
     del cold
@@ -77,12 +78,12 @@ def measure_loads(
     except BaseException:
         warm.close()
         raise
-    out["warm_s"] = loaded.load_s
-    out["warm_ready_s"] = loaded.ready_s
-    out["cold_cache_hit"] = cold_info["cache_hit"]
-    out["warm_cache_hit"] = warm_info["cache_hit"]
-    out["engine_build_s"] = cold_info["engine_build_s"]
-    out["engine_file_bytes"] = warm_info["engine_file_bytes"] or cold_info["engine_file_bytes"]
-    out["engine_file"] = warm_info["engine_file"] or cold_info["engine_file"]
-    out["trt_device_memory_bytes"] = warm_info["trt_device_memory_bytes"]
+    out.warm_s = loaded.load_s
+    out.warm_ready_s = loaded.ready_s
+    out.cold_cache_hit = cold_info["cache_hit"]
+    out.warm_cache_hit = warm_info["cache_hit"]
+    out.engine_build_s = cold_info["engine_build_s"]
+    out.engine_file_bytes = warm_info["engine_file_bytes"] or cold_info["engine_file_bytes"]
+    out.engine_file = warm_info["engine_file"] or cold_info["engine_file"]
+    out.trt_device_memory_bytes = warm_info["trt_device_memory_bytes"]
     return out, warm

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engines.backends.base import Backend
@@ -138,7 +139,7 @@ class GpuProbe:
     _read: Callable[[], float | None] | None = None
 
     @classmethod
-    def create(cls, device: str) -> "GpuProbe":
+    def create(cls, device: str) -> GpuProbe:
         """Call after the CUDA context exists (the driver lists a process only then)."""
         pid = os.getpid()
         probe = cls(device)
@@ -208,7 +209,7 @@ class MemorySampler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> MemorySampler:
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
         self._thread.start()
         return self

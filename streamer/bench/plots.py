@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.bench.report import row_label as _label
 from streamer.stats import STAGES
 
 STAGE_COLOURS = {
@@ -17,11 +18,6 @@ STAGE_COLOURS = {
     "render": "#55a868",
     "write": "#937860",
 }
-
-
-def _label(row: dict[str, Any]) -> str:
-    variant = "" if row["variant"] == "eager" else f"+{row['variant']}"
-    return f"{row['model']} {row['backend']}{variant} {row['precision']} {row['device']} b{row['batch']}"
 
 
 def _boxplot(ax: Any, data: list[Any]) -> None:
@@ -183,36 +179,29 @@ def replot(report_dir: Path) -> list[str]:
     """
     import json
 
-    from streamer.bench.report import render_markdown
+    from engines.errors import SourceError
+    from streamer.bench.report import atomic_write_text, render_markdown
 
-    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    try:
+        report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{report_dir}/report.json: cannot read a bench report there ({getattr(exc, 'strerror', None) or exc})") from None
     samples_path = report_dir / "samples.json"
     report["samples"] = json.loads(samples_path.read_text(encoding="utf-8")) if samples_path.is_file() else {}
     wanted = set(report.get("plots") or [])
     written = write_plots(report, report_dir, report_dir)
     report.pop("samples", None)
+    if any(r.get("realtime") and "failed" not in r["realtime"] for r in report.get("results") or []):
+        note = ("Redrawn with a newer streamer: the verdicts above were judged when the report was measured, under that "
+                "version's rule; the rule text printed is the current one.")
+        if note not in report.setdefault("notes", []):
+            report["notes"].append(note)
     lost = sorted(wanted - set(written))
     if lost:
         report.setdefault("notes", []).append(
             f"{', '.join(lost)} could not be redrawn from this report's stored data (older reports kept no "
             "histogram of the logit differences); rerun the command above to get it."
         )
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False, default=str), encoding="utf-8")
-    (report_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    atomic_write_text(report_dir / "report.json", json.dumps(report, indent=2, allow_nan=False, default=str))
+    atomic_write_text(report_dir / "report.md", render_markdown(report))
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m streamer.bench.plots REPORT_DIR  (redraws the plots of a written report)", file=sys.stderr)
-        return 2
-    written = replot(Path(args[0]))
-    print(f"redrew {', '.join(written) or 'nothing'} in {args[0]}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

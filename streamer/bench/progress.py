@@ -21,7 +21,13 @@ class BenchProgress:
         self._job_t0 = self._t0
         if enabled and sys.stderr.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._rich = Progress(
                 TextColumn("{task.description}"),
@@ -32,7 +38,7 @@ class BenchProgress:
                 transient=False,
             )
 
-    def __enter__(self) -> "BenchProgress":
+    def __enter__(self) -> BenchProgress:
         if self._rich is not None:
             self._rich.start()
             self._jobs_task = self._rich.add_task("bench", total=self.total)

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from streamer.stats import across_repeats, summarize
 
 StepFn = Callable[[str, int, int], None]
-
-
-def image_paths(folder: Path) -> list[Path]:
-    from streamer.sources import IMAGE_EXTENSIONS
-
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def find_labels(folder: Path) -> dict[str, Any]:
@@ -198,13 +193,15 @@ def pipeline_folder(
 
     config = dict(config or {"backend": "torch", "precision": "fp32", "cuda_graphs": False, "batch": 1})
     spec = get_spec(model)
-    paths = image_paths(folder)
+    from streamer.sources import _image_paths_in
+
+    paths = _image_paths_in(folder)
     batch = max(1, min(int(config["batch"]), len(paths)))
     config["batch"] = batch
     options = BackendOptions.for_batch(
         batch, device=device, threads=threads, precision=config["precision"], cuda_graphs=bool(config["cuda_graphs"])
     )
-    recipe = lambda: create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)  # noqa: E731
+    recipe = lambda: create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)
     common: dict[str, Any] = dict(sink_kind="images", out_dir=out_dir, fps=30.0, batch=batch)
     with InferenceWorker(recipe) as worker:
         worker.wait_loaded()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
-import os
+import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from engines.cache.store import atomic_write
 from streamer.bench.assemble import LAB_MAX_MEMORY_BYTES
 from streamer.bench.config import RANDOM_NOTE
+from streamer.bench.realtime import RULE_TEXT
 from streamer.bench.reference import describe_folder_config
+from streamer.bench.results import LoadFigures, MemoryFigures, Replay, Verdict
 from streamer.stats import STAGES
 
 DASH = "—"
@@ -43,7 +48,8 @@ def _pm(stats: dict[str, Any] | None, digits: int = 2, unit: str = "") -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}" if std is not None else f"{mean:.{digits}f}{unit}"
 
 
-def _label(row: dict[str, Any]) -> str:
+def row_label(row: dict[str, Any]) -> str:
+    """The case's name in tables and plots (the same everywhere; † marks random weights)."""
     variant = "" if row["variant"] == "eager" else f" +{row['variant']}"
     dagger = RANDOM_MARK if row.get("weights") == "random" else ""
     text = f"{row['model']}{dagger} {row['backend']}{variant} {row['precision']} {row['device']}"
@@ -83,16 +89,15 @@ def lab_table(rows: list[dict[str, Any]]) -> list[str]:
         if r["batch"] != 1:
             continue
         cold_text, warm_text = LOAD_TEXT.get(r["backend"], ("cold load", "warm load"))
-        name = _label(r) + (f" ({RANDOM_NOTE})" if r["weights"] == "random" else "")
+        name = row_label(r) + (f" ({RANDOM_NOTE})" if r["weights"] == "random" else "")
         per_image = _pm(r.get("latency_ms"), 2, " ms")
         for text, key, cold in ((cold_text, "cold_s", True), (warm_text, "warm_s", False)):
             out.append([f"{name}, {text}", _f(r["load"].get(key), 2, " s"), per_image, _max_memory(r, cold)])
     return _table(["backend", "load time", "processing time per image", "max memory"], out)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def _section_header(report: dict[str, Any]) -> list[str]:
     rows: list[dict[str, Any]] = report["results"]
-    ok = _ok(rows)
     env = report["environment"]
     src = report["source"]
     lines: list[str] = [f"# {report['title']}", "", f"**Measured on: {report['device_line']}**", ""]
@@ -114,8 +119,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                      "but say nothing about its labels or output change.")
     if report.get("notes") or any(r.get("weights") == "random" for r in rows):
         lines.append("")
+    return lines
 
-    lines += ["## Results in the lab's format", ""]
+
+def _section_summary(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    lines: list[str] = []
+    lines += ["## Summary (batch 1), in the columns of the lab's published table", ""]
     lines += lab_table(rows)
     gpu = _gpu(rows)
     lines += [
@@ -134,7 +144,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "50 ms (GPU: 250 ms): the cold row during the cold load (a TensorRT row then includes the builder's "
         "workspace), the warm row while the loaded engine runs the pipeline.",
         "",
-        "The lab's own rows, for reference (its hardware was not recorded): no TensorRT 2.67 s; TensorRT build "
+        "Cited comparison: the lab's published rows (its hardware was not recorded): no TensorRT 2.67 s; TensorRT build "
         "70.32 s; TensorRT from saved state 4.45 s.",
         "",
         f"About the lab's \"max memory\" of {LAB_MAX_MEMORY_BYTES} bytes for a saved TensorRT engine: that figure is "
@@ -145,30 +155,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         "figure (nvidia-smi) beside `torch.cuda.max_memory_allocated` so the difference is visible.",
         "",
     ]
+    return lines
 
+
+def _section_verdict(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines += ["## Real-time verdict", ""]
     if report.get("verdicts"):
         lines += [f"- {v}" for v in report["verdicts"]]
         lines += [
             "",
-            "Real-time capable = the live replay (the file played at the target rate as a live source, newest frame wins) "
-            "dropped at most 1 % of frames and sustained at least 95 % of the target rate. A final frame lost at the end "
-            "of the stream is not counted (pipelines before commit 181a3b2 let the end-of-stream marker replace a last "
-            "frame the inference thread had not taken yet, at any speed); it is marked '+ last' in the table below. Headroom = frame budget / p99 "
-            "time per frame of the lossless file run (interval between frames leaving the pipeline); below 1 the "
-            "pipeline falls behind on the slowest frames. The limit named is the slowest stage (mean ms per frame) "
-            "and its thread.",
+            RULE_TEXT,
         ]
     else:
         lines.append("No verdict: no batch-1 case ran, or the source is not a video and no --target-fps was given.")
     lines.append("")
+    return lines
 
+
+def _section_network(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    gpu = _gpu(report["results"])
+    lines: list[str] = []
     lines += ["## Network alone", ""]
     lines += _table(
         ["case", "timer", "ms per call (mean ± std)", "p50", "p95", "p99", "ms per image", "images/s", "first call ms", "others' CPU"],
         [
             [
-                _label(r),
+                row_label(r),
                 str(r.get("timer") or DASH),
                 _pm(r.get("latency_ms"), 2),
                 _f(r["latency_ms"].get("p50")),
@@ -192,25 +206,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ("on a GPU the timer is a pair of CUDA events, with wall time beside it in report.json." if gpu else "on the CPU the timer is `perf_counter` around `infer()` + `synchronize()`."),
         "",
     ]
+    return lines
 
+
+def _section_pipeline(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     piped = [r for r in ok if r.get("pipeline")]
     if piped:
         sink = piped[0]["pipeline"].get("sink")
         lines += ["## Pipeline, stage by stage", "", f"Sink: {sink}. Milliseconds per frame, mean ± std across runs.", ""]
-        header = ["case", *STAGES, "sum", "frame interval p50 / p99", "pipeline FPS", "slowest stage"]
+        header = ["case", *STAGES, "sum", "frame interval p50 / p99", "pipeline FPS", "busiest thread", "slowest stage"]
         body = []
         for r in piped:
             p = r["pipeline"]
             stages = [_pm(p["stages_ms"].get(s), 2) for s in STAGES]
             fi = p.get("frame_interval_ms") or {}
             body.append(
-                [_label(r), *stages, _f(p.get("serial_ms_per_frame")), f"{_f(fi.get('p50'))} / {_f(fi.get('p99'))}", _pm(p.get("fps"), 1), str(p.get("slowest_stage") or DASH)]
+                [row_label(r), *stages, _f(p.get("serial_ms_per_frame")), f"{_f(fi.get('p50'))} / {_f(fi.get('p99'))}", _pm(p.get("fps"), 1), str(p.get("busiest_thread") or p.get("slowest_thread") or DASH), str(p.get("slowest_stage") or DASH)]
             )
         lines += _table(header, body)
         lines += [
             "",
-            "The pipeline runs capture (decode), inference (preprocess, inference, postprocess) and render (render, write) "
-            "on three threads (four with the file writer), so its time per frame is set by the busiest thread, not the "
+            "The pipeline runs capture (decode), inference (preprocess, inference, postprocess), render (render) and, "
+            "behind a file sink, the writer (write = encoding) on four threads (three with the null sink), so its time per frame is set by the busiest thread, not the "
             "sum; on a machine with few cores the threads also compete for them. Pipeline FPS = frames / wall time from "
             "the source opening to the output file finalised (the file throughput); the frame interval is the time "
             "between frames leaving the render stage. Every run of a case shares one inference worker, whose thread "
@@ -224,7 +243,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ["case", "first frame ms", "cold start to first result s", "run wall s (N frames)", "render-stage FPS"],
             [
                 [
-                    _label(r),
+                    row_label(r),
                     _f(r["first_frame"].get("source_open_to_first_frame_ms"), 1),
                     _f(r["first_frame"].get("cold_start_to_first_result_s")),
                     _pm(r["pipeline"].get("wall_s"), 2),
@@ -234,7 +253,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
         )
         lines.append("")
+    return lines
 
+
+def _section_replay(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     live = [r for r in ok if r.get("realtime")]
     if live:
         lines += ["## Live replay at the target rate", ""]
@@ -242,13 +266,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             ["case", "target FPS", "sustained FPS", "dropped", "capture→render p50 ms", "p99 ms", "headroom (p99)", "real-time"],
             [
                 [
-                    _label(r),
+                    row_label(r),
                     _f(r["realtime"].get("target_fps"), 1),
                     _f(r["realtime"].get("sustained_fps"), 1),
-                    (
-                        f"{r['realtime'].get('dropped_before_end')}/{r['realtime'].get('frames_offered')}"
-                        + (" (+ last)" if r["realtime"].get("last_frame_lost_at_end") else "")
-                    )
+                    f"{r['realtime'].get('dropped')}/{r['realtime'].get('frames_offered')}"
                     if r["realtime"].get("dropped") is not None
                     else DASH,
                     _f(r["realtime"].get("latency_p50_ms"), 1),
@@ -260,7 +281,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
         )
         lines.append("")
+    return lines
 
+
+def _section_parity(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     lines += ["## Output change against PyTorch fp32 on the CPU", ""]
     diffed = [r for r in ok if r.get("diff_vs_reference")]
     if diffed:
@@ -268,7 +294,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ["case", "max abs", "mean abs", "max rel", "cosine", "top-1 agree %", "top-5 overlap %", "labelled top-1"],
             [
                 [
-                    _label(r),
+                    row_label(r),
                     _f(r["diff_vs_reference"]["max_abs"], 2 if r["diff_vs_reference"]["max_abs"] >= 0.01 else 6 if r["diff_vs_reference"]["max_abs"] else 0),
                     _sci(r["diff_vs_reference"]["mean_abs"]),
                     _sci(r["diff_vs_reference"]["max_rel"]),
@@ -298,13 +324,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         elif ref.get("status") != "ok":
             lines += ["", f"Reference for {model} failed: {ref.get('reason')}"]
     lines.append("")
+    return lines
 
+
+def _section_memory(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     lines += ["## Memory", ""]
     lines += _table(
         ["case", "host peak RSS MB", "running pipeline MB", "host baseline MB", "GPU (driver) MB", "method", "torch max allocated MB", "engine file MB", "TRT device memory MB"],
         [
             [
-                _label(r),
+                row_label(r),
                 _f(r["memory"].get("host_peak_mb"), 0),
                 _f(r["memory"].get("host_app_peak_mb"), 0),
                 _f(r["memory"].get("host_baseline_mb"), 0),
@@ -329,13 +360,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "PyTorch's own tensors only. On a Jetson the figure is the process RSS (unified memory), labelled.",
         "",
     ]
+    return lines
 
+
+def _section_load(report: dict[str, Any]) -> list[str]:
+    ok = _ok(report["results"])
+    lines: list[str] = []
     lines += ["## Load time details", ""]
     lines += _table(
         ["case", "cold s", "warm s", "cold + first inference s", "warm + first inference s", "CUDA context s", "engine build s", "cache hit cold / warm"],
         [
             [
-                _label(r),
+                row_label(r),
                 _f(r["load"].get("cold_s")),
                 _f(r["load"].get("warm_s")),
                 _f(r["load"].get("cold_ready_s")),
@@ -348,10 +384,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         ],
     )
     lines.append("")
+    return lines
 
+
+def _section_reference_script(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     labs = report.get("lab_method") or []
     if labs:
-        lines += ["## The lab's method against the pipeline, same images, same device", ""]
+        lines += ["## Reference script (one image at a time, as a naive script does) against the pipeline, same images, same device", ""]
         body = []
         for e in labs:
             lab, pipe = e.get("lab") or {}, e.get("pipeline") or {}
@@ -375,22 +415,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             if e.get("status") != "ok":
                 lines.append(f"> {e['model']} on {e['device']}: {e.get('status')}: {e.get('reason')}")
         lines += _table(
-            ["model", "device", "pipeline configuration", "lab ms/image", "lab p99", "lab total s", "pipeline total s", "pipeline ms/image", "pipeline speed-up", "same top-1", "images"],
+            ["model", "device", "pipeline configuration", "reference ms/image", "reference p99", "reference total s", "pipeline total s", "pipeline ms/image", "pipeline speed-up", "same top-1", "images"],
             body,
         )
         lines += [
             "",
-            "Lab method: for each image, `PIL.Image.open` + torchvision `Resize/CenterCrop/ToTensor/Normalize`, the model on "
+            "Reference script (one image at a time, as a naive script does, and as the lab's published method did): for each image, `PIL.Image.open` + torchvision `Resize/CenterCrop/ToTensor/Normalize`, the model on "
             "the device, `argmax().item()` (a device-to-host sync per image), the label drawn with `ImageDraw` and the image "
             "saved, one image at a time, timed per image. Pipeline: `streamer.pipeline.Pipeline` over the same folder "
             "into a folder of annotated JPEGs, in the configuration named (the fastest this code offers on the device), "
             "model already loaded; total = wall time from opening "
             "the folder to the last file written. Both after a warm-up pass. Same top-1 = the two methods' predictions "
-            "agree (their resizing differs slightly: PIL vs antialiased OpenCV interpolation; fp16 against the lab's fp32).",
+            "agree (their resizing differs slightly: PIL vs antialiased OpenCV interpolation; fp16 against the reference's fp32).",
             "",
         ]
-        staged = [(e, (e.get("pipeline") or {}).get("stages_ms")) for e in labs]
-        staged = [(e, st) for e, st in staged if st]
+        staged: list[tuple[dict[str, Any], dict[str, Any]]] = [(e, st) for e in labs if (st := (e.get("pipeline") or {}).get("stages_ms"))]
         if staged:
             names = sorted({k for _, st in staged for k in st})
             lines += _table(
@@ -398,7 +437,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [[e["model"], e["device"], *[_f(st.get(k), 2) for k in names]] for e, st in staged],
             )
             lines += ["", "The pipeline's stages on those images, mean milliseconds per image (last run); they overlap on separate threads.", ""]
+    return lines
 
+
+def _section_codec(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    lines: list[str] = []
     codec = report.get("codec_baseline")
     if codec:
         lines += ["## Decode-only and encode-only baseline", ""]
@@ -416,22 +460,39 @@ def render_markdown(report: dict[str, Any]) -> str:
             if comp:
                 lines += _table(
                     ["case", "pipeline FPS", "share of the codec ceiling"],
-                    [[_label(by_key[c["key"]]), _f(c["pipeline_fps"], 1), _f((c["ratio_to_bound"] or 0) * 100, 0, " %")] for c in comp],
+                    [[row_label(by_key[c["key"]]), _f(c["pipeline_fps"], 1), _f((c["ratio_to_bound"] or 0) * 100, 0, " %")] for c in comp],
                 )
                 lines.append("")
         else:
             lines += [f"- failed: {codec.get('reason')}", ""]
+    return lines
 
+
+def _section_skipped(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    lines: list[str] = []
     bad = [r for r in rows if r["status"] in ("skipped", "failed")]
     partial = [r for r in rows if r["status"] == "partial"]
     if bad or partial:
         lines += ["## Skipped and failed", ""]
-        lines += _table(["case", "status", "reason"], [[_label(r), r["status"], str(r.get("reason") or DASH)] for r in bad + partial])
+        lines += _table(["case", "status", "reason"], [[row_label(r), r["status"], str(r.get("reason") or DASH)] for r in bad + partial])
         lines += ["", "No figure is given for these: nothing was measured.", ""]
+    return lines
 
+
+def _section_jetson(report: dict[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = report["results"]
+    env = report["environment"]
+    lines: list[str] = []
     from streamer.telemetry.jetson import markdown_block
 
-    lines += markdown_block(env, rows, _label)  # [] off a Jetson
+    lines += markdown_block(env, rows, row_label)  # [] off a Jetson
+    return lines
+
+
+def _section_environment(report: dict[str, Any]) -> list[str]:
+    env = report["environment"]
+    lines: list[str] = []
     lines += ["## Environment", ""]
     keys = [
         "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_cores_usable", "torch_threads", "host_memory_gb",
@@ -445,7 +506,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"GPU {g.get('index')}: {g.get('name')}, {g.get('memory_total_mb')} MiB, pstate {g.get('pstate')}, SM clock {g.get('sm_clock_mhz')}/{g.get('sm_clock_max_mhz')} MHz, power limit {g.get('power_limit_w')} W, persistence {g.get('persistence_mode')}")
     lines.append("")
+    return lines
 
+
+def _section_plots(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     plots = report.get("plots") or []
     if plots:
         lines += ["## Plots", ""]
@@ -464,6 +529,33 @@ def render_markdown(report: dict[str, Any]) -> str:
         "`samples.json` (raw per-call and per-frame times behind the percentiles), `bench.log` (the workers' logs).",
         "",
     ]
+    return lines
+
+
+SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _section_header,
+    _section_summary,
+    _section_verdict,
+    _section_network,
+    _section_pipeline,
+    _section_replay,
+    _section_parity,
+    _section_memory,
+    _section_load,
+    _section_reference_script,
+    _section_codec,
+    _section_skipped,
+    _section_jetson,
+    _section_environment,
+    _section_plots,
+)
+"""report.md, in order: each section renders itself from the report dict ([] when it has nothing to show)."""
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += section(report)
     return "\n".join(lines)
 
 
@@ -482,21 +574,33 @@ def _env(value: Any) -> str:
     return text.replace("\n", "; ")[:300]
 
 
+def _scalar_fields(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """``prefix.field`` for each field of dataclass ``cls`` that holds one value (not a mapping or a list)."""
+    hints = typing.get_type_hints(cls)
+    return [
+        f"{prefix}.{f.name}"
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and not any(kind in str(hints[f.name]) for kind in ("dict[", "list["))
+    ]
+
+
 CSV_COLUMNS = [
     "model", "weights", "backend", "precision", "variant", "device", "batch", "status", "reason",
-    "load.cold_s", "load.warm_s", "load.cold_ready_s", "load.warm_ready_s", "load.cuda_context_s", "load.engine_build_s",
+    *_scalar_fields(LoadFigures, "load"),
     "first_frame.first_infer_ms", "first_frame.source_open_to_first_frame_ms",
     "timer", "latency_ms.mean", "latency_ms.std", "latency_ms.p50", "latency_ms.p95", "latency_ms.p99", "per_image_ms", "throughput_fps",
     *(f"pipeline.stages_ms.{s}.mean" for s in STAGES),
-    "pipeline.serial_ms_per_frame", "pipeline.frame_interval_ms.p50", "pipeline.frame_interval_ms.p99", "pipeline.fps.mean", "pipeline.fps.std", "pipeline.slowest_stage",
-    "memory.host_peak_mb", "memory.host_baseline_mb", "memory.gpu_process_mb", "memory.gpu_method", "memory.torch_max_allocated_mb",
-    "memory.unified_memory_mb", "memory.engine_file_mb", "memory.trt_device_memory_mb",
+    "pipeline.serial_ms_per_frame", "pipeline.frame_interval_ms.p50", "pipeline.frame_interval_ms.p99", "pipeline.fps.mean", "pipeline.fps.std",
+    "pipeline.busiest_thread", "pipeline.busiest_thread_ms", "pipeline.slowest_stage", "pipeline.slowest_stage_ms",
+    *_scalar_fields(MemoryFigures, "memory", skip=("gpu_note",)),
     "diff_vs_reference.max_abs", "diff_vs_reference.mean_abs", "diff_vs_reference.max_rel", "diff_vs_reference.cosine",
     "diff_vs_reference.top1_agreement", "diff_vs_reference.top5_overlap",
-    "realtime.target_fps", "realtime.sustained_fps", "realtime.dropped", "realtime.latency_p50_ms", "realtime.latency_p99_ms",
-    "realtime.headroom_p99", "realtime.capable", "realtime.verdict",
+    *_scalar_fields(Replay, "realtime"),
+    *_scalar_fields(Verdict, "realtime", skip=("busiest_thread", "busiest_thread_ms", "slowest_stage", "slowest_stage_ms")),
+    "realtime.failed",
     "machine_load.other_processes", "attempts",
-]
+]  # fmt: skip
+"""report.csv's columns: the case, then the typed figures' scalar fields (:mod:`.results`) and chosen statistics."""
 
 
 def _get(row: dict[str, Any], dotted: str) -> Any:
@@ -516,14 +620,15 @@ def write_csv(report: dict[str, Any], path: Path) -> None:
             values = []
             for col in CSV_COLUMNS:
                 v = _get(row, col)
+                if isinstance(v, list):
+                    v = "+".join(map(str, v))
                 values.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
             writer.writerow(values)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str) -> None:
+    """The store's atomic write (temporary file, fsync, rename), for text."""
+    atomic_write(path, text.encode("utf-8"))
 
 
 def clean(value: Any) -> Any:
@@ -543,7 +648,7 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     cleaned = clean(report)
     report.clear()
     report.update(cleaned)
-    _atomic_write(out_dir / "samples.json", json.dumps(samples, indent=None, allow_nan=False))
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False, default=str))
+    atomic_write_text(out_dir / "samples.json", json.dumps(samples, indent=None, allow_nan=False))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False, default=str))
     write_csv(report, out_dir / "report.csv")
-    _atomic_write(out_dir / "report.md", render_markdown(report))
+    atomic_write_text(out_dir / "report.md", render_markdown(report))

@@ -15,26 +15,28 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from engines.errors import ConfigError, SinkError
-from streamer.bench.assemble import BUSY_THRESHOLD
-from streamer.bench.config import RANDOM_NOTE, BenchConfig, Case
+from streamer.bench.assemble import BUSY_THRESHOLD, Report
+from streamer.bench.config import BenchConfig, Case
 from streamer.bench.progress import BenchProgress
+from streamer.bench.results import (
+    CaseResult,
+    CaseSpec,
+    CodecSpec,
+    Job,
+    JobResult,
+    LabSpec,
+    ReferenceSpec,
+    job_to_json,
+)
 from streamer.bench.worker import PROGRESS_PREFIX
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORT_FILES = ("report.md", "report.json", "report.csv")
-
-
-@dataclass
-class Job:
-    label: str
-    spec: dict[str, Any]
-    case: Case | None = None
+AnyResult = CaseResult | JobResult
 
 
 def prepare_report_dir(path: Path, overwrite: bool) -> None:
@@ -63,7 +65,7 @@ def lock_report_dir(path: Path) -> Any:
     return lock
 
 
-def publish(report: dict[str, Any], work: Path, report_dir: Path, overwrite: bool) -> None:
+def publish(report: Report, work: Path, report_dir: Path, overwrite: bool) -> None:
     """Write the finished report into DIR: plots, report.md/json/csv, samples.json and the workers' log."""
     from streamer.bench.plots import write_plots
     from streamer.bench.report import write_reports
@@ -131,13 +133,17 @@ def source_info(source: Path) -> dict[str, Any]:
         src.close()
 
 
-def _spawn(job: Job, index: int, work: Path, log_path: Path, ui: BenchProgress, timeout_s: float) -> dict[str, Any]:
+def _failed(job: Job, reason: str) -> AnyResult:
+    return CaseResult(status="failed", reason=reason) if job.case is not None else JobResult(status="failed", reason=reason)
+
+
+def _spawn(job: Job, index: int, work: Path, log_path: Path, ui: BenchProgress, timeout_s: float) -> AnyResult:
     job_path = work / f"job-{index:03d}.json"
     result_path = work / f"result-{index:03d}.json"
     err_path = work / f"job-{index:03d}.log"
-    job_path.write_text(json.dumps(job.spec), encoding="utf-8")
+    job_path.write_text(json.dumps(job_to_json(job.spec)), encoding="utf-8")
+    # The worker is this interpreter running the installed package (no PYTHONPATH of a source checkout added).
     env = os.environ.copy()
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [sys.executable, "-m", "streamer.bench.worker", str(job_path), str(result_path)]
     timed_out = threading.Event()
@@ -176,23 +182,55 @@ def _spawn(job: Job, index: int, work: Path, log_path: Path, ui: BenchProgress, 
             fh.write("".join(other))
         fh.write(log_text)
     if result_path.is_file():
-        result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
-        return result
+        data = json.loads(result_path.read_text(encoding="utf-8"))
+        return CaseResult.from_json(data) if job.case is not None else JobResult.from_json(data)
     if timed_out.is_set():
-        return {"status": "failed", "reason": f"timed out after {timeout_s:.0f} s (--case-timeout)"}
+        return _failed(job, f"timed out after {timeout_s:.0f} s (--case-timeout)")
     tail = [ln for ln in log_text.strip().splitlines() if ln.strip()][-1:] or ["no output"]
-    return {"status": "failed", "reason": f"worker exited with status {rc}: {tail[0][:300]}"}
+    return _failed(job, f"worker exited with status {rc}: {tail[0][:300]}")
 
 
-def _others(result: dict[str, Any]) -> float:
+def _others(result: AnyResult) -> float:
     """Share of all cores other processes used during a measured case (0 when unknown or not measured)."""
-    if result.get("status") not in ("ok", "partial"):
-        return 0.0
-    return float((result.get("machine_load") or {}).get("other_processes") or 0.0)
+    return result.other_processes if isinstance(result, CaseResult) else 0.0
+
+
+LOAD_COST_S = {"torch": 8.0, "onnxruntime": 15.0, "tensorrt": 150.0, "torch2trt": 120.0}
+"""Rough cost of one case's cold + warm load and process start, in seconds (a TensorRT build dominates)."""
+FPS_GUESS = {"cpu": 15.0, "cuda": 150.0}
+"""Rough frames per second of one pipeline pass, for the estimate only."""
+
+
+def estimate_seconds(config: BenchConfig, jobs: list[Job], source: dict[str, Any], images: int) -> float:
+    """A rough run time: per case, the loads plus (warm-up + repeats + network passes + live replay) passes over the frames."""
+    frames = source.get("frames") or 300
+    if config.max_frames is not None:
+        frames = min(frames, config.max_frames)
+    total = 0.0
+    for job in jobs:
+        spec = job.spec
+        if isinstance(spec, CaseSpec):
+            fps = FPS_GUESS["cpu" if spec.device == "cpu" else "cuda"]
+            passes = 2 * spec.repeats + (1 if spec.realtime and spec.batch == 1 else 0)
+            replay_s = frames / (spec.target_fps or spec.source_fps or 30.0) if spec.realtime and spec.batch == 1 else 0.0
+            total += LOAD_COST_S.get(spec.backend, 15.0) + (spec.warmup + (passes - 1) * frames) / fps + replay_s
+        elif isinstance(spec, LabSpec):
+            total += 20.0 + 4 * spec.repeats * images / FPS_GUESS["cpu" if spec.device == "cpu" else "cuda"]
+        elif isinstance(spec, CodecSpec):
+            total += 2 * spec.repeats * frames / 200.0
+        else:
+            total += 20.0 + images
+    return total
+
+
+def describe_estimate(seconds: float, jobs: list[Job]) -> str:
+    cases = sum(1 for j in jobs if isinstance(j.spec, CaseSpec))
+    when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return f"streamer: {len(jobs)} jobs ({cases} cases); estimated run time about {when} (a rough guess from the number of cases, repeats and frames)"
 
 
 def plan(
-    config: BenchConfig, work: Path, source: dict[str, Any], images: list[Path], labels: dict[str, Any]
+    config: BenchConfig, work: Path, source: dict[str, Any], images: list[Path], labels: dict[str, list[str]]
 ) -> tuple[list[Job], list[tuple[Case, tuple[str, str]]]]:
     from engines.backends.base import resolve_device_name
     from streamer.bench.reference import fastest_folder_config
@@ -208,7 +246,7 @@ def plan(
         jobs.append(
             Job(
                 f"{model.name} reference (torch fp32 cpu, {len(images)} images)",
-                {"kind": "reference", "model": model.name, "weights": model.weights, "images": [str(p) for p in images], "out_dir": str(out_dir)},
+                ReferenceSpec(model=model.name, weights=model.weights, images=[str(p) for p in images], out_dir=str(out_dir)),
             )
         )
     cache_root = config.cache_dir if config.cache_dir is not None else work / "cache"
@@ -218,34 +256,34 @@ def plan(
             skipped.append((case, reason))
             continue
         case_cache = cache_root if config.cache_dir is not None else cache_root / case.key
-        spec: dict[str, Any] = {
-            "kind": "case",
-            "key": case.key,
-            "model": case.model.name,
-            "weights": case.model.weights,
-            "backend": case.backend,
-            "precision": case.precision,
-            "device": case.device,
-            "batch": case.batch,
+        spec = CaseSpec(
+            key=case.key,
+            label=case.label,
+            model=case.model.name,
+            weights=case.model.weights,
+            backend=case.backend,
+            precision=case.precision,
+            device=case.device,
+            batch=case.batch,
             **case.option_fields(),
-            "cache_dir": str(case_cache),
-            "workspace_mb": config.workspace_mb,
-            "calib_dir": str(config.calib_dir) if config.calib_dir else None,
-            "threads": config.threads,
-            "source": str(config.source),
-            "source_fps": source.get("fps"),
-            "source_frames": source.get("frames"),
-            "frame_size": source.get("frame_size"),
-            "max_frames": config.max_frames,
-            "repeats": config.repeats,
-            "warmup": config.warmup,
-            "sink": config.sink,
-            "target_fps": config.target_fps,
-            "realtime": config.realtime and bool(source.get("video")) and (config.target_fps or source.get("fps")) is not None,
-            "reference_dir": ref_dirs.get(case.model.name),
-            "labels": labels,
-            "work_dir": str(work),
-        }
+            cache_dir=str(case_cache),
+            workspace_mb=config.workspace_mb,
+            calib_dir=str(config.calib_dir) if config.calib_dir else None,
+            threads=config.threads,
+            source=str(config.source),
+            source_fps=source.get("fps"),
+            source_frames=source.get("frames"),
+            frame_size=source.get("frame_size"),
+            max_frames=config.max_frames,
+            repeats=config.repeats,
+            warmup=config.warmup,
+            sink=config.sink,
+            target_fps=config.target_fps,
+            realtime=config.realtime and bool(source.get("video")) and (config.target_fps or source.get("fps")) is not None,
+            reference_dir=ref_dirs.get(case.model.name),
+            labels=labels,
+            work_dir=str(work),
+        )
         jobs.append(Job(case.label, spec, case))
     if config.lab_reference:
         for model in config.models:
@@ -253,37 +291,36 @@ def plan(
                 dev = resolve_device_name(device)
                 jobs.append(
                     Job(
-                        f"{model.name} lab method vs pipeline on {len(images)} images ({dev})",
-                        {
-                            "kind": "lab",
-                            "model": model.name,
-                            "weights": model.weights,
-                            "device": dev,
-                            "images": [str(p) for p in images],
-                            "images_dir": str(config.images),
-                            "repeats": config.repeats,
-                            "warmup": min(config.warmup, 3),
-                            "threads": config.threads,
-                            "pipeline_config": fastest_folder_config(dev),
-                            "work_dir": str(work / f"lab-{model.name}-{dev.replace(':', '')}"),
-                        },
+                        f"{model.name} reference script vs pipeline on {len(images)} images ({dev})",
+                        LabSpec(
+                            model=model.name,
+                            weights=model.weights,
+                            device=dev,
+                            images=[str(p) for p in images],
+                            images_dir=str(config.images),
+                            repeats=config.repeats,
+                            warmup=min(config.warmup, 3),
+                            threads=config.threads,
+                            pipeline_config=fastest_folder_config(dev),
+                            work_dir=str(work / f"lab-{model.name}-{dev.replace(':', '')}"),
+                        ),
                     )
                 )
     if config.codec_baseline and source.get("video"):
         jobs.append(
             Job(
                 "decode-only / encode-only baseline",
-                {"kind": "codec", "source": str(config.source), "repeats": config.repeats, "max_frames": config.max_frames, "work_dir": str(work / "codec")},
+                CodecSpec(source=str(config.source), repeats=config.repeats, max_frames=config.max_frames, work_dir=str(work / "codec")),
             )
         )
     return jobs, skipped
 
 
-def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
+def run_bench(config: BenchConfig, progress: bool = True) -> Report:
     """Run everything ``config`` asks for and write the report; returns the report dict."""
     from streamer.bench import environment
     from streamer.bench.assemble import assemble
-    from streamer.bench.reference import find_labels, image_paths
+    from streamer.sources import _image_paths_in
 
     prepare_report_dir(config.report_dir, config.overwrite)
     lock = lock_report_dir(config.report_dir)
@@ -294,25 +331,30 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         source = source_info(config.source)
         if not config.images.is_dir():
             raise ConfigError(f"{config.images}: image folder not found (--images)")
-        images = image_paths(config.images)
+        images = _image_paths_in(config.images)
         if not images:
             raise ConfigError(f"{config.images}: no images (--images)")
-        labels = {k: v for k, v in find_labels(config.images).items() if not k.startswith("_")}
+        from streamer.bench.reference import find_labels
+
+        labels = {k: v for k, v in find_labels(config.images).items() if not k.startswith("_") and isinstance(v, list)}
         env = environment.collect(config.devices[0])
-        env["git"] = environment.git_state(REPO_ROOT)
+        checkout = environment.checkout_root()
+        env["git"] = environment.git_state(checkout) if checkout is not None else None
         log_path = work / "bench.log"
         log_path.write_text(f"streamer bench log, {started.isoformat()}\n{config.command}\n", encoding="utf-8")
         jobs, skipped = plan(config, work, source, images, labels)
-        results: list[tuple[Job, dict[str, Any]]] = []
+        if progress:
+            print(describe_estimate(estimate_seconds(config, jobs, source, len(images)), jobs), file=sys.stderr, flush=True)
+        results: list[tuple[Job, AnyResult]] = []
         known_skips: dict[str, str] = {}
         with BenchProgress(len(jobs), enabled=progress) as ui:
             for i, job in enumerate(jobs):
                 ui.start_job(i, job.label)
                 # A configuration the backend refused at one batch size is refused at every batch size.
                 skip_key = job.case.key.rsplit("-b", 1)[0] if job.case is not None else None
-                result: dict[str, Any]
+                result: AnyResult
                 if skip_key is not None and skip_key in known_skips:
-                    result = {"status": "skipped", "reason": known_skips[skip_key]}
+                    result = CaseResult(status="skipped", reason=known_skips[skip_key])
                 else:
                     result = _spawn(job, i, work, log_path, ui, config.case_timeout_s)
                     attempts = 1
@@ -320,12 +362,13 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                         ui.note(f"{job.label}: other processes used {_others(result) * 100:.0f} % of the CPU; measuring again")
                         again = _spawn(job, i, work, log_path, ui, config.case_timeout_s)
                         attempts += 1
-                        if again.get("status") in ("ok", "partial") and _others(again) < _others(result):
+                        if isinstance(again, CaseResult) and again.measured and _others(again) < _others(result):
                             result = again
-                    result["attempts"] = attempts
-                if skip_key is not None and result.get("status") == "skipped":
-                    known_skips[skip_key] = str(result.get("reason"))
-                ui.end_job(str(result.get("status")), result.get("reason"))
+                    if isinstance(result, CaseResult):
+                        result.attempts = attempts
+                if skip_key is not None and result.status == "skipped":
+                    known_skips[skip_key] = str(result.reason)
+                ui.end_job(result.status, result.reason)
                 results.append((job, result))
         report = assemble(config, env, source, images, labels, results, skipped, work)
         report["started"] = started.isoformat(timespec="seconds")
@@ -341,4 +384,4 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             pass
 
 
-__all__ = ["RANDOM_NOTE", "run_bench"]
+__all__ = ["estimate_seconds", "run_bench"]

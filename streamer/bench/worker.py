@@ -15,10 +15,28 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
+
+from streamer.bench.results import (
+    CaseResult,
+    CaseSpec,
+    JobResult,
+    JobSpec,
+    LabSpec,
+    MemoryFigures,
+    NetworkFigures,
+    Parity,
+    PipelineFigures,
+    ReferenceSpec,
+    Replay,
+    Status,
+    job_from_json,
+)
 
 PROGRESS_PREFIX = "@@bench "
+T = TypeVar("T")
 
 log = logging.getLogger("streamer.bench")
 
@@ -30,7 +48,7 @@ def emit(phase: str, done: int = 0, total: int = 0) -> None:
     sys.stdout.flush()
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[Status, str]:
     """("skipped" | "failed", one-line reason).
 
     Skips: a configuration the backend refuses, a missing optional dependency or
@@ -56,7 +74,7 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _section(errors: dict[str, str], name: str, fn: Callable[[], Any]) -> Any:
+def _section(errors: dict[str, str], name: str, fn: Callable[[], T]) -> T | None:
     """Run one measurement; a failure is recorded for that section and the case goes on."""
     try:
         return fn()
@@ -66,7 +84,7 @@ def _section(errors: dict[str, str], name: str, fn: Callable[[], Any]) -> Any:
         return None
 
 
-def run_case(job: dict[str, Any]) -> dict[str, Any]:
+def run_case(job: CaseSpec) -> CaseResult:
     import numpy as np
     import torch
 
@@ -75,44 +93,58 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     from engines.models import WeightsChoice, get_spec
     from streamer.bench import diff as diffmod
     from streamer.bench.environment import CpuUsage
-    from streamer.bench.latency import run_pipeline, source_batches, summarize_pipeline, time_network
+    from streamer.bench.latency import (
+        run_pipeline,
+        source_batches,
+        summarize_pipeline,
+        time_network,
+    )
     from streamer.bench.load import init_cuda_context, measure_loads
-    from streamer.bench.memory import MB, GpuProbe, MemorySampler, dir_size_bytes, host_peak_rss_mb, host_rss_mb, is_jetson
+    from streamer.bench.memory import (
+        MB,
+        GpuProbe,
+        MemorySampler,
+        dir_size_bytes,
+        host_peak_rss_mb,
+        host_rss_mb,
+        is_jetson,
+    )
     from streamer.bench.realtime import replay_summary
+    from streamer.telemetry.jetson import JetsonSampler
 
-    device = resolve_device_name(job["device"])
+    device = resolve_device_name(job.device)
     cuda = device.startswith("cuda")
-    errors: dict[str, str] = {}
-    row: dict[str, Any] = {"status": "ok", "reason": None, "errors": errors}
-    load: dict[str, Any] = {"cuda_context_s": None}
+    result = CaseResult()
+    errors = result.errors
+    cuda_context_s = None
     if cuda:
         if not torch.cuda.is_available():
-            return {"status": "skipped", "reason": f"device {device} requested but CUDA is not available"}
-        load["cuda_context_s"] = init_cuda_context(device)
+            return CaseResult(status="skipped", reason=f"device {device} requested but CUDA is not available")
+        cuda_context_s = init_cuda_context(device)
     usage = CpuUsage()
     host_baseline = host_rss_mb()
     probe = GpuProbe.create(device) if cuda else None
     sampler = MemorySampler(probe, torch_device=device if cuda else None).start()
-    cache_dir = Path(job["cache_dir"]) if job.get("cache_dir") else None
+    cache_dir = Path(job.cache_dir) if job.cache_dir else None
     cache_was_empty = cache_dir is None or not cache_dir.exists() or not any(cache_dir.iterdir())
     options = BackendOptions.for_batch(
-        job["batch"],
+        job.batch,
         device=device,
-        precision=job["precision"],
+        precision=job.precision,
         cache_dir=cache_dir,
-        workspace_mb=job.get("workspace_mb"),
-        calib_dir=Path(job["calib_dir"]) if job.get("calib_dir") else None,
-        cuda_graphs=bool(job.get("cuda_graphs")),
-        channels_last=bool(job.get("channels_last")),
-        threads=job.get("threads"),
+        workspace_mb=job.workspace_mb,
+        calib_dir=Path(job.calib_dir) if job.calib_dir else None,
+        cuda_graphs=job.cuda_graphs,
+        channels_last=job.channels_last,
+        threads=job.threads,
     )
-    spec = get_spec(job["model"])
-    weights = WeightsChoice.parse(job["weights"])
+    spec = get_spec(job.model)
+    weights = WeightsChoice.parse(job.weights)
     warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
     try:
         emit("load (cold, then warm)")
-        figures, inference = measure_loads(
-            lambda: create_backend(job["backend"], spec, weights, options),
+        load, inference = measure_loads(
+            lambda: create_backend(job.backend, spec, weights, options),
             sampler,
             progress=lambda phase, done, total: emit(f"build: {phase}", done, total),
         )
@@ -121,153 +153,137 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         if status == "failed":
             traceback.print_exc(file=sys.stderr)
         sampler.stop()
-        return {"status": status, "reason": reason}
-    load.update(figures)
-    load["cache_dir_fresh"] = cache_was_empty
-    row["load"] = load
-    row["backend_description"] = inference.loaded.description if inference.loaded else ""
-    from streamer.telemetry.jetson import JetsonSampler
-
+        return CaseResult(status=status, reason=reason)
+    load.cuda_context_s = cuda_context_s
+    load.cache_dir_fresh = cache_was_empty
+    result.load = load
+    result.backend_description = inference.loaded.description if inference.loaded else ""
     jetson = JetsonSampler.create()  # None off a Jetson; samples the measured phases below
     if jetson is not None:
         jetson.start()
     try:
         sampler.phase("network")
-        emit("network alone: preprocessing the source", 0, job["repeats"])
+        emit("network alone: preprocessing the source", 0, job.repeats)
 
-        def network(backend: Backend) -> dict[str, Any]:
-            batches = source_batches(backend, job["source"], job["batch"], job.get("max_frames"))
+        def network(backend: Backend) -> NetworkFigures:
+            batches = source_batches(backend, job.source, job.batch, job.max_frames)
             try:
-                return time_network(backend, batches, job["repeats"], job["warmup"], step=emit)
+                return time_network(backend, batches, job.repeats, job.warmup, step=emit)
             finally:
                 del batches
                 if cuda:
                     torch.cuda.empty_cache()
 
         # On the worker's thread: the one that loaded the backend and runs the pipelines below.
-        row["network"] = _section(errors, "network", lambda: inference.call(network).result())
+        result.network = _section(errors, "network", lambda: inference.call(network).result())
 
-        def output_change(backend: Backend) -> dict[str, Any] | None:
-            ref_dir = job.get("reference_dir")
-            if not ref_dir:
+        def output_change(backend: Backend) -> Parity | None:
+            if not job.reference_dir:
                 return None
-            inputs = np.load(Path(ref_dir) / "inputs.npy")
-            reference = np.load(Path(ref_dir) / "reference.npy")
-            names = json.loads((Path(ref_dir) / "names.json").read_text(encoding="utf-8"))
+            ref_dir = Path(job.reference_dir)
+            inputs = np.load(ref_dir / "inputs.npy")
+            reference = np.load(ref_dir / "reference.npy")
+            names = json.loads((ref_dir / "names.json").read_text(encoding="utf-8"))
             dtype = torch.float16 if backend.input_dtype_name == "fp16" else torch.float32
             outs = []
-            for i in range(0, len(inputs), job["batch"]):
-                x = torch.from_numpy(inputs[i : i + job["batch"]]).to(backend.input_device, dtype=dtype)
+            for i in range(0, len(inputs), job.batch):
+                x = torch.from_numpy(inputs[i : i + job.batch]).to(backend.input_device, dtype=dtype)
                 outs.append(backend.infer(x).float().cpu().numpy())
             logits = np.concatenate(outs)
-            np.save(Path(job["work_dir"]) / f"{job['key']}-diff.npy", (logits - reference).astype(np.float32))
-            metrics = diffmod.compare(logits, reference)
-            labelled = diffmod.labelled_top1(logits, names, job.get("labels") or {})
-            return {"metrics": metrics, "labelled_top1": labelled}
+            np.save(Path(job.work_dir) / f"{job.key}-diff.npy", (logits - reference).astype(np.float32))
+            return Parity(metrics=diffmod.compare(logits, reference), labelled_top1=diffmod.labelled_top1(logits, names, job.labels))
 
         sampler.phase("diff")
         emit("output change")
-        row["diff"] = _section(errors, "diff", lambda: inference.call(output_change).result())
+        result.parity = _section(errors, "diff", lambda: inference.call(output_change).result())
 
-        common: dict[str, Any] = dict(
-            sink_kind=job["sink"],
-            out_dir=Path(job["work_dir"]),
-            fps=job.get("source_fps") or 30.0,
-            batch=job["batch"],
-            warning=warning,
-        )
+        common: dict[str, Any] = dict(sink_kind=job.sink, out_dir=Path(job.work_dir), fps=job.source_fps or 30.0, batch=job.batch, warning=warning)
 
-        def pipeline() -> dict[str, Any]:
-            if job["warmup"] > 0:
-                run_pipeline(job["source"], inference, max_frames=job["warmup"], **common)
+        def pipeline() -> PipelineFigures:
+            if job.warmup > 0:
+                run_pipeline(job.source, inference, max_frames=job.warmup, **common)
             runs = []
-            for r in range(job["repeats"]):
-                emit("pipeline", r, job["repeats"])
-                runs.append(run_pipeline(job["source"], inference, max_frames=job.get("max_frames"), **common))
-            emit("pipeline", job["repeats"], job["repeats"])
-            out = summarize_pipeline(runs, job["sink"])
-            out["frame_interval_samples_ms"] = [(b - a) * 1000.0 for r in runs for a, b in zip(r.recorder.times, r.recorder.times[1:])]
-            return out
+            for r in range(job.repeats):
+                emit("pipeline", r, job.repeats)
+                runs.append(run_pipeline(job.source, inference, max_frames=job.max_frames, **common))
+            emit("pipeline", job.repeats, job.repeats)
+            return summarize_pipeline(runs, job.sink)
 
         sampler.phase("pipeline")
-        row["pipeline"] = _section(errors, "pipeline", pipeline)
+        result.pipeline = _section(errors, "pipeline", pipeline)
 
-        def replay() -> dict[str, Any] | None:
-            if not job.get("realtime") or job["batch"] != 1:
+        def replay() -> Replay | None:
+            target = job.target_fps or job.source_fps
+            if not job.realtime or job.batch != 1 or target is None:
                 return None
             emit("live replay")
-            target = job.get("target_fps") or job["source_fps"]
-            run = run_pipeline(job["source"], inference, max_frames=job.get("max_frames"), realtime=True, target_fps=target, **common)
+            run = run_pipeline(job.source, inference, max_frames=job.max_frames, realtime=True, target_fps=target, **common)
             return replay_summary(run, target)
 
         sampler.phase("realtime")
-        row["realtime"] = _section(errors, "realtime", replay)
+        result.replay = _section(errors, "realtime", replay)
     finally:
         sampler.stop()
         if jetson is not None:
             jetson.stop()
-            row["jetson"] = jetson.summary()
-        row["machine_load"] = usage.result()
+            result.jetson = jetson.summary()
+        result.machine_load = usage.result()
         engine_dir_bytes = dir_size_bytes(cache_dir) if cache_was_empty else None
         app_host = sampler.peak_of(sampler.host_peaks)
-        memory: dict[str, Any] = {
-            "host_peak_mb": host_peak_rss_mb(),
-            "host_app_peak_mb": app_host,
-            "host_baseline_mb": host_baseline,
-            "host_peak_by_phase_mb": dict(sampler.host_peaks),
-            "gpu_process_mb": sampler.peak_of(sampler.gpu_peaks),
-            "gpu_process_by_phase_mb": dict(sampler.gpu_peaks) or None,
-            "gpu_method": probe.method if probe else None,
-            "gpu_note": probe.note if probe else None,
-            "torch_max_allocated_mb": sampler.peak_of(sampler.torch_peaks) if cuda else None,
-            "torch_max_allocated_by_phase_mb": dict(sampler.torch_peaks) or None,
-            "torch_max_reserved_mb": (torch.cuda.max_memory_reserved(device) / MB) if cuda else None,
-            "unified_memory_mb": app_host if is_jetson() else None,
-            "engine_file_mb": (load["engine_file_bytes"] / MB) if load.get("engine_file_bytes") else None,
-            "trt_device_memory_mb": (load["trt_device_memory_bytes"] / MB) if load.get("trt_device_memory_bytes") else None,
-            "cache_dir_mb": (engine_dir_bytes / MB) if engine_dir_bytes else None,
-        }
-        row["memory"] = memory
+        result.memory = MemoryFigures(
+            host_peak_mb=host_peak_rss_mb(),
+            host_app_peak_mb=app_host,
+            host_baseline_mb=host_baseline,
+            host_peak_by_phase_mb=dict(sampler.host_peaks),
+            gpu_process_mb=sampler.peak_of(sampler.gpu_peaks),
+            gpu_process_by_phase_mb=dict(sampler.gpu_peaks) or None,
+            gpu_method=probe.method if probe else None,
+            gpu_note=probe.note if probe else None,
+            torch_max_allocated_mb=sampler.peak_of(sampler.torch_peaks) if cuda else None,
+            torch_max_allocated_by_phase_mb=dict(sampler.torch_peaks) or None,
+            torch_max_reserved_mb=(torch.cuda.max_memory_reserved(device) / MB) if cuda else None,
+            unified_memory_mb=app_host if is_jetson() else None,
+            engine_file_mb=(load.engine_file_bytes / MB) if load.engine_file_bytes else None,
+            trt_device_memory_mb=(load.trt_device_memory_bytes / MB) if load.trt_device_memory_bytes else None,
+            cache_dir_mb=(engine_dir_bytes / MB) if engine_dir_bytes else None,
+        )
         inference.close()
     if errors:
-        row["status"] = "partial"
-        row["reason"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
-    return row
+        result.status = "partial"
+        result.reason = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    return result
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    kind = job["kind"]
-    if kind == "case":
+def run_job(job: JobSpec) -> CaseResult | JobResult:
+    if isinstance(job, CaseSpec):
         return run_case(job)
-    if kind == "reference":
+    if isinstance(job, ReferenceSpec):
         from streamer.bench.reference import compute_reference
 
         emit("reference (torch fp32 cpu)")
-        return {"status": "ok", **compute_reference(job["model"], job["weights"], [Path(p) for p in job["images"]], Path(job["out_dir"]))}
-    if kind == "lab":
+        return JobResult(figures=compute_reference(job.model, job.weights, [Path(p) for p in job.images], Path(job.out_dir)))
+    if isinstance(job, LabSpec):
         from streamer.bench.reference import lab_method, pipeline_folder
 
-        images = [Path(p) for p in job["images"]]
-        errors: dict[str, str] = {}
-        out: dict[str, Any] = {"status": "ok", "errors": errors}
-        out["lab"] = _section(
-            errors,
+        lab = job
+        images = [Path(p) for p in lab.images]
+        out = JobResult()
+        out.figures["lab"] = _section(
+            out.errors,
             "lab",
-            lambda: lab_method(job["model"], job["weights"], job["device"], images, job["repeats"], job["warmup"], Path(job["work_dir"]) / "lab", job.get("threads"), emit),
+            lambda: lab_method(lab.model, lab.weights, lab.device, images, lab.repeats, lab.warmup, Path(lab.work_dir) / "lab", lab.threads, emit),
         )
-        out["pipeline"] = _section(
-            errors,
+        out.figures["pipeline"] = _section(
+            out.errors,
             "pipeline",
-            lambda: pipeline_folder(job["model"], job["weights"], job["device"], Path(job["images_dir"]), job["repeats"], Path(job["work_dir"]), job.get("threads"), emit, job.get("pipeline_config")),
+            lambda: pipeline_folder(lab.model, lab.weights, lab.device, Path(lab.images_dir), lab.repeats, Path(lab.work_dir), lab.threads, emit, lab.pipeline_config),
         )
-        if errors:
-            out["status"] = "partial"
+        if out.errors:
+            out.status = "partial"
         return out
-    if kind == "codec":
-        from streamer.bench.codec import decode_encode
+    from streamer.bench.codec import decode_encode
 
-        return {"status": "ok", **decode_encode(Path(job["source"]), job["repeats"], Path(job["work_dir"]), job.get("max_frames"), emit)}
-    raise ValueError(f"unknown job kind {kind!r}")
+    return JobResult(figures=decode_encode(Path(job.source), job.repeats, Path(job.work_dir), job.max_frames, emit))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,18 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for name in ("streamer", "engines"):
         logging.getLogger(name).setLevel(logging.INFO)
-    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    job = job_from_json(json.loads(Path(args[0]).read_text(encoding="utf-8")))
     start = time.perf_counter()
+    result: CaseResult | JobResult
     try:
         result = run_job(job)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a result the report can show
         status, reason = classify(exc)
         if status == "failed":
             traceback.print_exc(file=sys.stderr)
-        result = {"status": status, "reason": reason}
-    result["job_seconds"] = time.perf_counter() - start
+        result = CaseResult(status=status, reason=reason) if isinstance(job, CaseSpec) else JobResult(status=status, reason=reason)
+    result.job_seconds = time.perf_counter() - start
     tmp = Path(args[1]).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=_json_default), encoding="utf-8")
+    tmp.write_text(json.dumps(result.to_json(), default=_json_default), encoding="utf-8")
     os.replace(tmp, args[1])
     return 0
 

@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from engines.backends.tensorrt.util import trt
-from engines.cache import atomic_write
+from engines.backends.tensorrt.util import CallbackErrors, trt
 from engines.errors import EngineError
 
 if TYPE_CHECKING:
@@ -42,18 +41,32 @@ def calibration_images(folder: Path) -> list[Path]:
     return images
 
 
+_calib_memo: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
 def calibration_set_sha256(folder: Path | None) -> str | None:
-    """SHA-256 over the sorted relative names and bytes of the calibration images (None: no folder)."""
+    """SHA-256 over the sorted relative names, sizes and modification times of the calibration images
+    (None: no folder).  No image is read: a load never re-hashes the set, and the result is memoised
+    per (folder, listing) for the process."""
     if folder is None:
         return None
     folder = folder.expanduser()
-    digest = hashlib.sha256()
+    listing = []
     for path in calibration_images(folder):
-        name = path.relative_to(folder).as_posix().encode("utf-8")
-        data = path.read_bytes()
-        digest.update(len(name).to_bytes(8, "big") + name)
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
+        st = path.stat()
+        listing.append((path.relative_to(folder).as_posix(), int(st.st_size), int(st.st_mtime_ns)))
+    memo_key = (str(folder.resolve()), tuple(listing))
+    cached = _calib_memo.get(memo_key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    for name, size, mtime in listing:
+        raw = name.encode("utf-8")
+        digest.update(len(raw).to_bytes(8, "big") + raw)
+        digest.update(size.to_bytes(8, "big") + mtime.to_bytes(8, "big", signed=True))
+    value = digest.hexdigest()
+    _calib_memo[memo_key] = value
+    return value
 
 
 class CalibrationImages:
@@ -97,35 +110,73 @@ class CalibrationImages:
         return [paths[i : i + batch] for i in range(0, len(paths) - batch + 1, batch)]
 
 
-def make_calibrator(images: CalibrationImages, batch: int, cache_file: Path) -> "trt.IInt8EntropyCalibrator2":
-    """An entropy calibrator feeding ``images`` in whole batches of ``batch``; its table goes to ``cache_file``."""
+class CalibrationTable:
+    """The calibration table of one build: read from the store if there, kept in memory when TensorRT
+    writes it, and stored by the builder only after the engine was built (a failed or interrupted build
+    leaves no table behind)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.written: bytes | None = None
+
+    def read(self) -> bytes | None:
+        if self.path.is_file():
+            log.info("int8 calibration: reusing the table %s", self.path.name)
+            return self.path.read_bytes()
+        return None
+
+    def commit(self) -> None:
+        from engines.cache import atomic_write
+
+        if self.written:
+            atomic_write(self.path, self.written)
+
+
+def make_calibrator(
+    images: CalibrationImages,
+    batch_shape: tuple[int, ...],
+    table: CalibrationTable,
+    errors: CallbackErrors,
+) -> "trt.IInt8EntropyCalibrator2":
+    """An entropy calibrator feeding ``images`` in whole batches of ``batch_shape`` (the calibration
+    profile's shape: ``(N, 3, H, W)``).  Whatever a callback raises (an unreadable image, Ctrl-C) is
+    kept in ``errors``; ``get_batch`` then reports the end of the data, and the builder re-raises."""
+    batch = int(batch_shape[0])
     batches = images.batches(batch)
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self._next = 0
-            self._buffer: torch.Tensor | None = None
+            self.buffer: torch.Tensor | None = None
 
         def get_batch_size(self) -> int:
             return batch
 
         def get_batch(self, names: list[str]) -> list[int]:
-            if self._next >= len(batches):
-                return []
-            chunk = batches[self._next]
-            self._next += 1
-            self._buffer = images.read(chunk)
-            log.info("int8 calibration: batch %d/%d", self._next, len(batches))
-            return [int(self._buffer.data_ptr())]
+            def read() -> list[int]:
+                if self._next >= len(batches):
+                    return []  # no more batches
+                chunk = batches[self._next]
+                self._next += 1
+                tensor = images.read(chunk)
+                if tuple(tensor.shape) != tuple(batch_shape):
+                    raise EngineError(
+                        f"int8 calibration: a batch of shape {tuple(tensor.shape)} for a profile of {tuple(batch_shape)}"
+                    )
+                self.buffer = tensor  # kept alive until the next call: TensorRT reads it after we return
+                log.info("int8 calibration: batch %d/%d", self._next, len(batches))
+                return [int(tensor.data_ptr())]
+
+            return errors.call(read, [])
 
         def read_calibration_cache(self) -> bytes | None:  # None: no cache (documented)
-            if cache_file.is_file():
-                log.info("int8 calibration: reusing the table %s", cache_file.name)
-                return cache_file.read_bytes()
-            return None
+            return errors.call(table.read, None)
 
         def write_calibration_cache(self, cache: "bytes | memoryview") -> None:
-            atomic_write(cache_file, bytes(cache))
+            def keep() -> None:
+                table.written = bytes(cache)
+
+            errors.call(keep, None)
 
     return _Calibrator()

@@ -19,11 +19,26 @@ def expected_io(spec: ModelSpec, options: BackendOptions) -> tuple[tuple[TensorS
 
 
 def shape_profile(spec: ModelSpec, options: BackendOptions) -> tuple[ShapeProfile, ...]:
-    """One profile 1..batch (opt = batch) for a dynamic batch; none for a static one."""
+    """The optimisation profiles of a dynamic batch (none for a static one): profile 0 is 1..1 (opt 1),
+    for a live source's single frames; with ``batch > 1`` profile 1 is 1..batch (opt = batch), for a
+    file's batches.  The runner selects profile 0 for one row and profile 1 for more."""
     if not options.dynamic_batch:
         return ()
     chw = spec.preprocess.input_shape
-    return (ShapeProfile(INPUT_NAME, (1, *chw), (options.batch, *chw), (options.batch, *chw)),)
+    one = (1, *chw)
+    profiles = [ShapeProfile(INPUT_NAME, one, one, one)]
+    if options.batch > 1:
+        profiles.append(ShapeProfile(INPUT_NAME, one, (options.batch, *chw), (options.batch, *chw)))
+    return tuple(profiles)
+
+
+def preprocess_token(spec: ModelSpec) -> str:
+    """The model's preprocessing as a key value (int8 scales depend on the calibration inputs it makes)."""
+    p = spec.preprocess
+    return (
+        f"resize={p.resize},crop={p.crop},mean={list(p.mean)},std={list(p.std)},"
+        f"interp={p.interpolation},order={p.channel_order}"
+    )
 
 
 def engine_key(
@@ -37,10 +52,14 @@ def engine_key(
     trt_version: str,
     calib_sha256: str | None,
     extra: dict[str, str] | None = None,
+    workspace_keyed: bool = True,
 ) -> EngineKey:
     """The cache key of an engine (shared by the tensorrt and torch2trt backends)."""
     inputs, _outputs = expected_io(spec, options)
     system, arch = host_platform()
+    extra = dict(extra or {})
+    if options.precision == "int8":
+        extra["preprocess"] = preprocess_token(spec)
     return EngineKey(
         producer=producer,
         model=spec.name,
@@ -50,12 +69,14 @@ def engine_key(
         calib_sha256=calib_sha256,
         inputs=inputs,
         profile=shape_profile(spec, options),
-        workspace_mb=options.workspace_mb,
+        workspace_mb=options.workspace_mb if workspace_keyed else None,
         trt_version=trt_version,
         cuda_version=device.cuda_version,
         gpu_name=device.name,
         compute_capability=device.cc,
         os=system,
         arch=arch,
-        extra=tuple(sorted((extra or {}).items())),
+        gpu_sm_count=device.sm_count,
+        gpu_memory_mb=device.memory_mb,
+        extra=tuple(sorted(extra.items())),
     )

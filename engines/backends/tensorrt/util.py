@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import threading
+from collections import deque
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from engines.cache import TensorSpec
 from engines.errors import BackendUnavailable
@@ -136,6 +138,10 @@ class DeviceInfo:
     compute_capability: tuple[int, int]
     cuda_version: str | None
     device: str = "cuda:0"
+    sm_count: int | None = None
+    """Streaming multiprocessors: tells Jetson Orin modules apart (all report "Orin", 8.7)."""
+    memory_mb: int | None = None
+    """Total device memory in MiB (an AGX Orin 32/64 GB from an Orin Nano 4/8 GB)."""
 
     @property
     def cc(self) -> str:
@@ -152,29 +158,144 @@ def cuda_device_info(device: str) -> DeviceInfo:
             f"CUDA available: {torch.cuda.is_available()})"
         )
     props = torch.cuda.get_device_properties(device)
-    return DeviceInfo(props.name, (int(props.major), int(props.minor)), torch.version.cuda, device)
+    return DeviceInfo(
+        props.name,
+        (int(props.major), int(props.minor)),
+        torch.version.cuda,
+        device,
+        sm_count=int(props.multi_processor_count),
+        memory_mb=int(props.total_memory) >> 20,
+    )
 
 
 # -- logger, dtypes, dims, engine I/O, device memory -----------------------------------------
+# -- exceptions raised inside TensorRT callbacks ------------------------------------------
+T = TypeVar("T")
+
+
+class CallbackErrors:
+    """The first exception raised inside a TensorRT callback, kept for after the TensorRT call.
+
+    TensorRT's pybind trampolines swallow what a Python override raises (the
+    calibrator's ``get_batch`` then reads as "no more batches", a progress
+    monitor's ``step_complete`` as "cancel", a logger's ``log`` as nothing).
+    Every callback runs through :meth:`call`, which keeps the first exception
+    (KeyboardInterrupt included: Ctrl-C lands in whichever Python callback runs
+    on the main thread) and returns ``default``; the caller of the TensorRT
+    function calls :meth:`reraise` once it returns.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def keep(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+
+    def call(self, fn: Callable[[], T], default: T) -> T:
+        if self.error is not None:
+            return default
+        try:
+            return fn()
+        except BaseException as exc:  # noqa: BLE001 - kept and re-raised after the TensorRT call
+            self.keep(exc)
+            return default
+
+    def reraise(self) -> None:
+        """Raise the kept exception (once), if any."""
+        with self._lock:
+            exc, self.error = self.error, None
+        if exc is not None:
+            raise exc
+
+
+# -- the one logger ------------------------------------------------------------------------------
+_SEVERITY_LEVELS: dict[str, int] = {
+    "INTERNAL_ERROR": logging.CRITICAL,
+    "ERROR": logging.ERROR,
+    "WARNING": logging.WARNING,
+    "INFO": logging.DEBUG,
+    "VERBOSE": logging.DEBUG,
+}
+
+
+class LoggerState:
+    """What the process-wide TensorRT logger saw: recent errors (numbered), and interrupts it caught."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.errors: deque[tuple[int, str]] = deque(maxlen=64)
+        self.count = 0
+        self.pending: CallbackErrors = CallbackErrors()
+
+    def mark(self) -> int:
+        """A position to read errors logged after it with :meth:`errors_since`."""
+        with self.lock:
+            return self.count
+
+    def errors_since(self, mark: int) -> list[str]:
+        with self.lock:
+            return [msg for n, msg in self.errors if n > mark]
+
+    def add_error(self, msg: str) -> None:
+        with self.lock:
+            self.count += 1
+            self.errors.append((self.count, msg))
+
+
+logger_state = LoggerState()
+_logger: tuple[ModuleType, Any] | None = None
+_logger_lock = threading.Lock()
+
+
 def make_logger() -> "trt.ILogger":
-    """A TensorRT logger that writes into Python logging (``engines.backends.tensorrt.trt``)."""
-    trt_log = logging.getLogger("engines.backends.tensorrt.trt")
-    levels = {
-        trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL,
-        trt.ILogger.Severity.ERROR: logging.ERROR,
-        trt.ILogger.Severity.WARNING: logging.WARNING,
-        trt.ILogger.Severity.INFO: logging.DEBUG,
-        trt.ILogger.Severity.VERBOSE: logging.DEBUG,
-    }
+    """THE TensorRT logger of this process (one per TensorRT module; TensorRT keeps one global logger).
 
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
+    It writes into Python logging (``engines.backends.tensorrt.trt``); VERBOSE and
+    INFO messages are dropped before formatting unless that logger is at DEBUG.
+    ERROR and INTERNAL_ERROR messages are also kept in :data:`logger_state`, so a
+    failed call can report the runtime's own reason.  An exception inside ``log``
+    (Ctrl-C) is kept in ``logger_state.pending`` and re-raised by the caller.
+    """
+    global _logger
+    module = tensorrt_module()
+    with _logger_lock:
+        if _logger is not None and _logger[0] is module:
+            return _logger[1]
+        trt_log = logging.getLogger("engines.backends.tensorrt.trt")
+        severity = trt.ILogger.Severity
+        levels = {getattr(severity, name): level for name, level in _SEVERITY_LEVELS.items() if hasattr(severity, name)}
+        errors = {getattr(severity, n) for n in ("ERROR", "INTERNAL_ERROR") if hasattr(severity, n)}
+        state = logger_state
 
-        def log(self, severity: "trt.ILogger.Severity", msg: str) -> None:
-            trt_log.log(levels.get(severity, logging.INFO), "%s", msg)
+        class _Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
 
-    return _Logger()
+            def log(self, sev: "trt.ILogger.Severity", msg: str) -> None:
+                def write() -> None:
+                    if sev in errors:
+                        state.add_error(str(msg))
+                    level = levels.get(sev, logging.INFO)
+                    if trt_log.isEnabledFor(level):
+                        trt_log.log(level, "%s", msg)
+
+                state.pending.call(write, None)
+
+        logger = _Logger()
+        _logger = (module, logger)
+        return logger
+
+
+def raise_pending_interrupt() -> None:
+    """Re-raise an exception (Ctrl-C) the logger caught inside a TensorRT call."""
+    logger_state.pending.reraise()
 
 
 def trt_dtype_name(dtype: object) -> str:

@@ -4,7 +4,7 @@
 Meant to be run on a GPU machine, from a checkout (it imports only the project's
 ``engines/backends/tensorrt/util.py``, which imports no TensorRT until asked)::
 
-    python scripts/trt_rtx_parse_check.py model.onnx [more.onnx ...] \\
+    python tools/trt_rtx_parse_check.py model.onnx [more.onnx ...] \\
         [--compute-capability SM86 ...] [--max-batch 4] [--workspace-mb 1024] [--out report.json]
 
 For every file it reports: whether TensorRT-RTX's ``OnnxParser`` accepted it
