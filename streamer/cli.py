@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
     from rich.progress import Progress, TaskID
 
+    from streamer.sinks import ResultSink, Sink
+
 EXIT_INTERRUPTED = 130
 
 
@@ -144,7 +146,7 @@ RUN_EXAMPLES = """examples:
 """
 
 
-def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = sub.add_parser(
         "run",
         help="label every frame of a source",
@@ -161,11 +163,12 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p = inputs
     p.add_argument("source", help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
     p = outputs
-    p.add_argument("-o", "--output", default=None, help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), or a pipeline (--gst-output)")
+    p.add_argument("-o", "--output", action="append", default=None, metavar="OUTPUT", help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), a pipeline (--gst-output), or serve a live view (http://HOST:PORT/); repeat for several at once")
+    p.add_argument("--token", default=None, help="access token of the live view (default: none on loopback, else generated and printed)")
     p.add_argument("--show", action="store_true", help="show frames in a window (q or Esc quits)")
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--predictions", type=Path, default=None, metavar="PATH.jsonl", help="write one JSON line per frame")
+    p.add_argument("--predictions", type=Path, default=None, metavar="PATH.jsonl", help="write one JSON line per frame ('-': to stdout; the rest then goes to stderr)")
     p.add_argument("--topk", "-k", type=_positive_int, default=1, help="labels drawn per frame (default: 1)")
     p = performance
     p.add_argument("--batch", type=_positive_int, default=1, help="frames per inference batch, file inputs (default: 1)")
@@ -191,7 +194,7 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.set_defaults(func=cmd_run)
 
 
-def _build_models_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _build_models_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("models", help="list models, backends and where weights come from")
     p.set_defaults(func=cmd_models)
 
@@ -263,8 +266,9 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def backend_options_from_args(args: argparse.Namespace, precision: str | None = None, batch: int | None = None) -> "BackendOptions":
     from engines.backends.base import BackendOptions
 
+    chosen: int = batch or getattr(args, "batch", None) or 1
     return BackendOptions.for_batch(
-        batch or getattr(args, "batch", 1),
+        chosen,
         device=args.device,
         precision=precision or getattr(args, "precision", "fp32"),
         cache_dir=args.cache_dir,
@@ -311,7 +315,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
     from streamer.pipeline import Pipeline, PipelineConfig
-    from streamer.sinks import PredictionsWriter, ResultSink, display_available, make_sink
+    from streamer.sinks import NullSink, display_available, make_sink
+    from streamer.sinks.terminal import TerminalLabels
     from streamer.sources import SourceOptions, open_source
 
     if args.show and args.headless:
@@ -330,10 +335,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Cheap checks first, so bad input fails with one line before anything loads:
     # the output paths, then the source (opening it decodes the first frame).
     # Nothing is written until the pipeline runs: it opens, finalises or aborts every output.
-    sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout)
-    observers: list[ResultSink] = []
-    if args.predictions is not None:
-        observers.append(PredictionsWriter(args.predictions, overwrite=args.overwrite))
+    json_to_stdout = args.predictions is not None and str(args.predictions) == "-"
+    info = sys.stderr if json_to_stdout else sys.stdout
+    sink, observers = _make_outputs(args)
     source_options = SourceOptions(
         gst=args.gst,
         open_timeout_s=args.timeout,
@@ -358,9 +362,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             if display_available():
                 sink = make_sink(None, True)
             else:
-                logging.getLogger("streamer").warning("no display and no -o: running headless (see --predictions for the labels)")
+                logging.getLogger("streamer").info("no display and no -o: running headless, labels on the terminal")
+        terminal_lines = isinstance(sink, NullSink) and not json_to_stdout
+        if terminal_lines:  # headless: the labels, one line per frame, on stdout
+            observers.append(TerminalLabels(with_name=source.kind == "images"))
         warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
-        progress_ctx, progress = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=not args.no_progress)
+        progress_on = not args.no_progress and not terminal_lines  # the lines are the progress
+        progress_ctx, progress = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=progress_on)
         if progress is not None:
             observers.append(progress)
         pipeline = Pipeline(
@@ -368,18 +376,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             observers=observers, annotators=_annotators(args), warning=warning,
         )  # fmt: skip
         until_the_pipeline_owns_it.pop_all()
-    print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", flush=True)
+    print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", file=info, flush=True)
     with progress_ctx:
         try:
             summary = pipeline.run()
         except KeyboardInterrupt:
             summary = pipeline.summary
             if not args.no_summary:
-                _print_summary(summary, source.display_name)
+                with contextlib.redirect_stdout(info):
+                    _print_summary(summary, source.display_name)
             _say(f"streamer: interrupted; finalised the output with {summary.frames_out} frames")
             return EXIT_INTERRUPTED
     if not args.no_summary:
-        _print_summary(summary, source.display_name)
+        with contextlib.redirect_stdout(info):
+            _print_summary(summary, source.display_name)
     return 0
 
 
@@ -403,6 +413,54 @@ def _print_summary(summary: object, name: str) -> None:
         print_summary(summary, name)  # type: ignore[arg-type]
     except (OSError, ValueError):
         pass
+
+
+def _make_outputs(args: argparse.Namespace) -> "tuple[Sink, list[ResultSink]]":
+    """The run's frame sink (every ``-o``, and the window with ``--show``, teed) and its result observers.
+
+    Cheap checks only, nothing is written or bound: the pipeline opens every output,
+    and finalises or aborts them all together.  Two outputs on one path are refused.
+    """
+    from engines.errors import ConfigError
+    from streamer.sinks import NullSink, PredictionsWriter, TeeSink, make_sink
+    from streamer.sinks.http import looks_like_http_output, make_http_view
+    from streamer.sinks.terminal import JsonLinesStdout
+
+    outputs: list[str] = list(args.output or [])
+    sinks: list[Sink] = []
+    observers: list[ResultSink] = []
+    seen: dict[str, str] = {}
+
+    def claim(key: str, shown: str) -> None:
+        if key in seen:
+            raise ConfigError(f"{shown}: given twice as an output ({seen[key]} and {shown}); each output needs its own path")
+        seen[key] = shown
+
+    files = [o for o in outputs if not looks_like_http_output(o)]
+    if args.gst_output and not files:
+        raise ConfigError("--gst-output needs -o 'appsrc ! ... '")
+    views = []
+    for output in outputs:
+        if looks_like_http_output(output):
+            view = make_http_view(output, token=args.token)
+            if view.address.port:
+                claim(f"http port {view.address.port}", output)
+            views.append(view)
+            sinks.append(view)
+            observers.append(view.events)
+        else:
+            sinks.append(make_sink(output, False, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout))
+    if args.token is not None and not views:
+        raise ConfigError("--token applies to a live view (-o http://HOST:PORT/)")
+    if args.show:
+        sinks.append(make_sink(None, True))
+    if args.predictions is not None:
+        if str(args.predictions) == "-":
+            observers.append(JsonLinesStdout())
+        else:
+            observers.append(PredictionsWriter(args.predictions, overwrite=args.overwrite))
+    sink: Sink = NullSink() if not sinks else sinks[0] if len(sinks) == 1 else TeeSink(sinks)
+    return sink, observers
 
 
 class _ProgressObserver:
@@ -538,9 +596,11 @@ def _say(text: str) -> None:
 def _check_distinct_outputs(args: argparse.Namespace) -> None:
     from streamer.outputs import check_distinct_outputs
 
+    from streamer.sinks.http import looks_like_http_output
+
     outputs: list[tuple[str, Path]] = []
-    if args.output and not args.gst_output:
-        outputs.append(("-o", Path(args.output).expanduser()))
+    if not args.gst_output:
+        outputs += [("-o", Path(o).expanduser()) for o in args.output or [] if not looks_like_http_output(o)]
     predictions = getattr(args, "predictions", None)
     if predictions is not None and str(predictions) != "-":
         outputs.append(("--predictions", Path(predictions).expanduser()))

@@ -51,6 +51,9 @@ class Frame:
     name: str
     """Image file name for image inputs, else the (redacted) source."""
     decode_s: float = 0.0
+    pts_s: float | None = None
+    """The frame's time in the source, seconds: its timestamp in a video file, the time since the
+    first frame for a live source; None for images."""
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Source(ABC):
         self._first: Frame | None = None
         self._index = 0
         self.unreadable = 0
+        self._t_first: float | None = None
 
     def open(self) -> "Source":
         self._open_impl()
@@ -137,9 +141,16 @@ class Source(ABC):
         self._open_impl()
 
     def _make_frame(self, image: np.ndarray, name: str, decode_s: float) -> Frame:
-        frame = Frame(self._index, image, time.perf_counter(), name, decode_s)
+        now = time.perf_counter()
+        if self._t_first is None:
+            self._t_first = now
+        frame = Frame(self._index, image, now, name, decode_s, self._pts_s(now))
         self._index += 1
         return frame
+
+    def _pts_s(self, now: float) -> float | None:
+        """The time of the frame being made: since the first frame for live sources (see subclasses)."""
+        return now - self._t_first if self.live and self._t_first is not None else None
 
     @abstractmethod
     def _open_impl(self) -> None: ...
@@ -407,6 +418,15 @@ class VideoFileSource(CaptureSource):
         self.path = path
         self.live = options.realtime
         self._t0: float | None = None
+
+    def _pts_s(self, now: float) -> float | None:
+        """The decoded frame's timestamp in the file (CAP_PROP_POS_MSEC), else index / fps."""
+        import cv2
+
+        msec = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) if self._cap is not None else 0.0  # type: ignore[attr-defined]
+        if math.isfinite(msec) and (msec > 0 or self._index == 0):
+            return round(msec / 1000.0, 6)
+        return round(self._index / self.fps, 6)
 
     def _read_impl(self) -> Frame | None:
         frame = super()._read_impl()

@@ -42,7 +42,7 @@ SAMPLE_LABELS = SAMPLES / "labels.json"
 SAMPLE_VIDEO_FRAMES = 132  # documented in samples/README.md; test_sources checks it by decoding
 MODEL = "efficientnet_lite0"  # the one model whose ImageNet weights ship offline
 
-JSONL_KEYS = {"frame", "source", "topk", "latency_ms"}
+JSONL_KEYS = {"frame", "source", "pts_s", "topk", "latency_ms"}
 TOPK_KEYS = {"index", "label", "score"}
 
 

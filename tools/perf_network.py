@@ -49,11 +49,11 @@ def kernel_profile(fn: Callable[[], object], runs: int = 50) -> list[dict[str, o
         torch.cuda.synchronize()
     rows = []
     for evt in prof.key_averages():
-        total = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        total = float(getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0) or 0)
         if total <= 0 or evt.key.startswith(("cudaGraphLaunch", "cudaLaunch", "Memcpy", "Memset")):
             continue
         rows.append({"name": evt.key, "us_per_call": total / runs, "calls_per_run": max(1, round(evt.count / runs))})
-    rows.sort(key=lambda r: -float(r["us_per_call"]))  # type: ignore[arg-type]
+    rows.sort(key=lambda r: -float(r["us_per_call"]))
     return rows
 
 
@@ -93,7 +93,7 @@ def main() -> None:
 
     spec = get_spec(args.model)
     loaded = build_model(spec, WeightsChoice.parse(args.weights))
-    images = [cv2.imread(p) for p in sorted(glob.glob("samples/images/*.jpg"))]
+    images = [image for p in sorted(glob.glob("samples/images/*.jpg")) if (image := cv2.imread(p)) is not None]
     real = preprocess(images, spec.preprocess, "cuda", torch.float32)
     x32 = torch.randn(args.batch, *spec.preprocess.input_shape, device="cuda")
     base = loaded.module.to("cuda").eval()

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="also write the annotated video here (default: no file; the frames are drawn and dropped)")
     args = parser.parse_args(argv)
 
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     from engines.backends import create_backend
     from engines.backends.base import BackendOptions

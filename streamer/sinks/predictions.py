@@ -21,6 +21,17 @@ from streamer.sinks.base import check_output_path
 
 log = logging.getLogger(__name__)
 
+def prediction_record(frame: "Frame", prediction: "Prediction", latency_ms: float) -> dict[str, object]:
+    """One frame's JSON object, as written to the predictions file and sent on the live view's /events."""
+    return {
+        "frame": frame.index,
+        "source": frame.name,
+        "pts_s": frame.pts_s,
+        "topk": prediction.as_json(),
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
 class PredictionsWriter:
     """A :class:`ResultSink`: one JSON object per frame to a temporary file, renamed on finalize.
 
@@ -56,14 +67,8 @@ class PredictionsWriter:
 
     def write(self, frame: "Frame", prediction: "Prediction", latency_ms: float) -> None:
         fh = self._file()
-        record = {
-            "frame": frame.index,
-            "source": frame.name,
-            "topk": prediction.as_json(),
-            "latency_ms": round(latency_ms, 3),
-        }
         try:
-            fh.write(json.dumps(record, allow_nan=False) + "\n")  # RFC 8259 has no NaN
+            fh.write(json.dumps(prediction_record(frame, prediction, latency_ms), allow_nan=False) + "\n")  # RFC 8259 has no NaN
         except ValueError as exc:
             raise SinkError(f"{self.path}: frame {frame.index} has a score that is not a number ({exc})") from exc
         except OSError as exc:
