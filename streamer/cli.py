@@ -124,7 +124,10 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--realtime", action="store_true", help="replay a video file at its frame rate, as a live source")
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
-    p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
+    p.add_argument("--codec", default=None, choices=("h264", "h265", "vp9", "vp8", "av1", "mjpeg", "mpeg4"), help="video file codec (default: h264 for .mp4/.mkv/.mov, vp9 for .webm, mjpeg for .avi)")
+    p.add_argument("--crf", type=int, default=None, metavar="N", help="video quality, lower is better (h264: 0-51, default 23; h265: 28; vp9/av1: 0-63)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="encoder speed: ultrafast ... veryslow (default: veryfast)")
+    p.add_argument("--fourcc", default=None, help="old OpenCV-style codec FourCC (mp4v, MJPG, avc1, hvc1, VP90); prefer --codec")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
     add_model_arguments(p)
@@ -208,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.errors import ConfigError
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.report import print_summary
-    from streamer.sinks import PredictionsWriter, ResultSink, display_available, make_sink
+    from streamer.sinks import PredictionsWriter, ResultSink, VideoOptions, display_available, make_sink
     from streamer.sources import SourceOptions, open_source
 
     if args.show and args.headless:
@@ -224,7 +227,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Cheap checks first, so bad input fails with one line before anything loads:
     # the output paths, then the source (opening it decodes the first frame).
     # Nothing is written until the pipeline runs: it opens, finalises or aborts every output.
-    sink = make_sink(args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout)
+    input_file = Path(args.source).expanduser()
+    sink = make_sink(
+        args.output, args.show, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout,
+        video=VideoOptions(codec=args.codec, crf=args.crf, preset=args.preset),
+        input_path=input_file if not args.gst and input_file.is_file() else None,
+        keep_pts=not args.realtime,
+    )
     observers: list[ResultSink] = []
     if args.predictions is not None:
         observers.append(PredictionsWriter(args.predictions, overwrite=args.overwrite))
