@@ -121,8 +121,8 @@ def test_symlink_at_the_destination_is_refused_even_with_overwrite(
 
 # -- writes that fail during the run ----------------------------------------------------------------
 def test_full_disk_is_reported_and_nothing_is_left(cli: InProcessCli, tmp_path: Path) -> None:
-    """A 3 MiB file system; the 720p sample needs about 4 MB of mp4v."""
-    with tmpfs(tmp_path / "small", 3 * 1024) as small:
+    """A 512 KiB file system; the 720p sample needs about 1.1 MB of H.264 (crf 23)."""
+    with tmpfs(tmp_path / "small", 512) as small:
         result = cli("run", SAMPLE_VIDEO, "-o", small / "out.mkv", "--predictions", small / "p.jsonl", *COMMON)
         line = assert_one_clear_line(result)
         assert "disk full" in line or "No space" in line, line

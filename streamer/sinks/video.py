@@ -246,6 +246,7 @@ class VideoFileSink(Sink):
             self._add_video_stream(av)
             if self._info.has_audio and self.input_path is not None:
                 self._open_audio(av)
+            self._container.start_encoding()  # creates the file and writes the header now: fail early
         except (av.FFmpegError, OSError, ValueError) as exc:  # type: ignore[attr-defined]
             self._close(quiet=True)
             self._remove_temp()
