@@ -91,11 +91,17 @@ class _InputInfo:
     has_audio: bool = False
 
 
+MAX_THREADS = 16
+"""Encoder threads at most: x264's frame threads each hold a frame back, and 16 encode 4K in real time."""
+
+
 def _threads() -> int:
+    """The CPUs this process may use (its affinity, as in a container), at most :data:`MAX_THREADS`."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS))
 
 
 def _av_error_line(exc: BaseException) -> str:
@@ -241,6 +247,11 @@ class VideoFileSink(Sink):
             # Streamable containers: every packet reaches the file at once, so a killed
             # run's partial file plays up to its last frame.
             container_options["flush_packets"] = "1"
+            if ext in (".mkv", ".webm"):
+                # Matroska holds a cluster in memory until it closes: close one every second
+                # (or 256 KiB), so at most a second of video is lost to kill -9.
+                container_options["cluster_time_limit"] = "1000"
+                container_options["cluster_size_limit"] = str(256 * 1024)
         try:
             self._container = av.open(str(self.temp_path), "w", options=container_options)
             self._add_video_stream(av)
