@@ -135,7 +135,7 @@ def probe_input(path: Path, with_pts: bool = True) -> _InputInfo:
                 if pts:
                     info.start_pts = pts[0]
                     info.pts = [p - pts[0] for p in pts]
-    except (av.FFmpegError, OSError, ValueError) as exc:  # type: ignore[attr-defined]
+    except (av.FFmpegError, OSError, ValueError) as exc:
         log.debug("cannot probe %s with PyAV: %s", path, exc)
         return _InputInfo()
     return info
@@ -258,7 +258,7 @@ class VideoFileSink(Sink):
             if self._info.has_audio and self.input_path is not None:
                 self._open_audio(av)
             self._container.start_encoding()  # creates the file and writes the header now: fail early
-        except (av.FFmpegError, OSError, ValueError) as exc:  # type: ignore[attr-defined]
+        except (av.FFmpegError, OSError, ValueError) as exc:
             self._close(quiet=True)
             self._remove_temp()
             raise SinkError(f"{self.path}: cannot open the {self.codec} writer ({_av_error_line(exc)})") from exc
@@ -371,7 +371,7 @@ class VideoFileSink(Sink):
             if self._audio_iter is not None:
                 assert self.time_base is not None
                 self._mux_audio_until(Fraction(frame.pts) * self.time_base)
-        except (av.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        except (av.FFmpegError, OSError) as exc:
             raise SinkError(f"{self.path}: write failed ({_av_error_line(exc)}); nothing saved") from exc
 
     def _mux(self, packets: Any) -> None:
@@ -388,7 +388,7 @@ class VideoFileSink(Sink):
             if packet is None:
                 try:
                     packet = next(self._audio_iter)
-                except (StopIteration, av.FFmpegError):  # type: ignore[attr-defined]
+                except (StopIteration, av.FFmpegError):
                     self._audio_iter = None
                     return
             if packet.pts is None or packet.size == 0:
@@ -432,7 +432,7 @@ class VideoFileSink(Sink):
         try:
             if container is not None:
                 container.close()
-        except (av.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        except (av.FFmpegError, OSError) as exc:
             if not quiet:
                 raise
             log.debug("closing %s: %s", self.temp_path, exc)
@@ -464,7 +464,7 @@ class VideoFileSink(Sink):
                     self._mux(self._audio_out.encode(out))
                 self._mux(self._audio_out.encode(None))
             self._close()
-        except (av.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        except (av.FFmpegError, OSError) as exc:
             self._close(quiet=True)
             self._remove_temp()
             raise SinkError(f"{self.path}: write failed ({_av_error_line(exc)}); nothing saved") from exc
@@ -520,7 +520,7 @@ def frames_in_video(path: Path) -> int | None:
                 return None
             stream = container.streams.video[0]
             return sum(1 for p in container.demux(stream) if p.size > 0)
-    except (av.FFmpegError, OSError, ValueError):  # type: ignore[attr-defined]
+    except (av.FFmpegError, OSError, ValueError):
         return None
 
 
