@@ -126,7 +126,7 @@ def _build_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
     p.add_argument("--codec", default=None, choices=("h264", "h265", "vp9", "vp8", "av1", "mjpeg", "mpeg4"), help="video file codec (default: h264 for .mp4/.mkv/.mov, vp9 for .webm, mjpeg for .avi)")
     p.add_argument("--crf", type=int, default=None, metavar="N", help="video quality, lower is better (h264: 0-51, default 23; h265: 28; vp9/av1: 0-63)")
-    p.add_argument("--preset", default=None, metavar="NAME", help="encoder speed: ultrafast ... veryslow (default: veryfast)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="encoder speed: ultrafast ... veryslow (default: superfast; ultrafast for a live source on a small CPU)")
     p.add_argument("--fourcc", default=None, help="old OpenCV-style codec FourCC (mp4v, MJPG, avc1, hvc1, VP90); prefer --codec")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")

@@ -66,7 +66,8 @@ AUDIO_ENCODE = {".webm": "libopus"}
 """The audio encoder used when the input's codec cannot be copied (AAC unless listed)."""
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-DEFAULT_PRESET = "veryfast"
+DEFAULT_PRESET = "superfast"
+"""x264 at 720p on 2 loaded cores: 41 ms a frame and 1.9 Mbit/s (ultrafast: 29 ms, 5.0 Mbit/s; veryfast: 56 ms, 1.2 Mbit/s; mp4v: 24 ms, 4.6 Mbit/s)."""
 MAX_CRF = {"h264": 51, "h265": 51, "vp9": 63, "vp8": 63, "av1": 63}
 
 
