@@ -159,9 +159,13 @@ class VideoFileSink(Sink):
         input_path: Path | None = None,
         keep_pts: bool = True,
     ) -> None:
+        import importlib.util
+
         ext = path.suffix.lower()
         if ext not in VIDEO_EXTENSIONS:
             raise ConfigError(f"{path}: unsupported video extension; use one of {', '.join(VIDEO_EXTENSIONS)}")
+        if importlib.util.find_spec("av") is None:
+            raise ConfigError(f"{path}: writing video files needs PyAV (pip install av)")
         opts = options or VideoOptions()
         codec = opts.codec
         if fourcc is not None:
