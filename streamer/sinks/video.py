@@ -307,7 +307,8 @@ class VideoFileSink(Sink):
             stream.pix_fmt = "yuv420p"
             ctx.bit_rate = int(self._size[0] * self._size[1] * float(self.rate) * 0.3)
         ctx.thread_count = threads
-        ctx.thread_type = "AUTO"
+        if self.codec not in ("h264", "h265"):
+            ctx.thread_type = "AUTO"  # FFmpeg's own frame/slice threads; x264/x265 run a fixed pool of their own
         stream.options = options
         ctx.open()
         self._stream = stream
