@@ -185,7 +185,10 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--timeout", type=_timeout_seconds, default=10.0, metavar="S", help="open/read timeout of live sources; also the least time a model batch may take before the run ends as hung (at least 20x the slowest batch; default: 10)")
     p.add_argument("--reconnect", type=float, default=60.0, metavar="S", help="live sources: keep reconnecting for S seconds after the stream is lost; 0 disables (default: 60)")
     p = outputs
-    p.add_argument("--fourcc", default=None, help="video codec FourCC (default: mp4v, MJPG for .avi)")
+    p.add_argument("--codec", default=None, choices=("h264", "h265", "vp9", "vp8", "av1", "mjpeg", "mpeg4"), help="video file codec (default: h264 for .mp4/.mkv/.mov, vp9 for .webm, mjpeg for .avi)")
+    p.add_argument("--crf", type=int, default=None, metavar="N", help="video quality, lower is better (h264: 0-51, default 23; h265: 28; vp9/av1: 0-63)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="encoder speed: ultrafast ... veryslow (default: superfast; ultrafast for a live source on a small CPU)")
+    p.add_argument("--fourcc", default=None, help="old OpenCV-style codec FourCC (mp4v, MJPG, avc1, hvc1, VP90); prefer --codec")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
     p.add_argument("--no-labels", action="store_true", help="do not draw the labels on the frames")
@@ -422,7 +425,7 @@ def _make_outputs(args: argparse.Namespace) -> "tuple[Sink, list[ResultSink]]":
     and finalises or aborts them all together.  Two outputs on one path are refused.
     """
     from engines.errors import ConfigError
-    from streamer.sinks import NullSink, PredictionsWriter, TeeSink, make_sink
+    from streamer.sinks import NullSink, PredictionsWriter, TeeSink, VideoOptions, make_sink
     from streamer.sinks.http import looks_like_http_output, make_http_view
     from streamer.sinks.terminal import JsonLinesStdout
 
@@ -437,6 +440,9 @@ def _make_outputs(args: argparse.Namespace) -> "tuple[Sink, list[ResultSink]]":
         seen[key] = shown
 
     files = [o for o in outputs if not looks_like_http_output(o)]
+    video = VideoOptions(codec=args.codec, crf=args.crf, preset=args.preset)
+    source_file = Path(args.source).expanduser()
+    input_path = source_file if not args.gst and source_file.is_file() else None  # audio and frame times come from it
     if args.gst_output and not files:
         raise ConfigError("--gst-output needs -o 'appsrc ! ... '")
     views = []
@@ -449,7 +455,12 @@ def _make_outputs(args: argparse.Namespace) -> "tuple[Sink, list[ResultSink]]":
             sinks.append(view)
             observers.append(view.events)
         else:
-            sinks.append(make_sink(output, False, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout))
+            sinks.append(
+                make_sink(
+                    output, False, overwrite=args.overwrite, fourcc=args.fourcc, gst_output=args.gst_output, timeout_s=args.timeout,
+                    video=video, input_path=input_path, keep_pts=not args.realtime,
+                )
+            )  # fmt: skip
     if args.token is not None and not views:
         raise ConfigError("--token applies to a live view (-o http://HOST:PORT/)")
     if args.show:

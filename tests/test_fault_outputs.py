@@ -121,8 +121,8 @@ def test_symlink_at_the_destination_is_refused_even_with_overwrite(
 
 # -- writes that fail during the run ----------------------------------------------------------------
 def test_full_disk_is_reported_and_nothing_is_left(cli: InProcessCli, tmp_path: Path) -> None:
-    """A 3 MiB file system; the 720p sample needs about 4 MB of mp4v."""
-    with tmpfs(tmp_path / "small", 3 * 1024) as small:
+    """A 512 KiB file system; the 720p sample needs about 1.1 MB of H.264 (crf 23)."""
+    with tmpfs(tmp_path / "small", 512) as small:
         result = cli("run", SAMPLE_VIDEO, "-o", small / "out.mkv", "--predictions", small / "p.jsonl", *COMMON)
         line = assert_one_clear_line(result)
         assert "disk full" in line or "No space" in line, line
@@ -192,3 +192,27 @@ def test_mixed_sizes_and_formats_are_resized_to_the_first_frame(cli: InProcessCl
     records = [json.loads(line) for line in (work / "p.jsonl").read_text().splitlines()]
     assert [r["source"] for r in records] == names
     assert sorted(os.listdir(work)) == sorted([out.name, "p.jsonl"])
+
+
+# -- low bitrates (issue #13 item 1) -------------------------------------------------------------------
+@pytest.mark.parametrize("ext", [".mkv", ".mp4", ".mov", ".webm", ".avi"])
+@pytest.mark.parametrize("kind", ["176x144", "still image", "3000 tiny images"])
+def test_low_bitrate_runs_are_kept_in_every_container(cli: InProcessCli, work: Path, tmp_path: Path, clip_factory: Any, ext: str, kind: str) -> None:
+    """What used to end in "nothing reaches the disk (disk full?)" and no output: a few KB of video is a complete file."""
+    if kind == "176x144":
+        source, frames = clip_factory("qcif.mp4", 120, size=(176, 144)), 120
+    elif kind == "still image":
+        source, frames = clip_factory("still.mp4", 120, size=(176, 144), stamp=lambda image, i: image.fill(90)), 120
+    else:
+        folder = tmp_path / "tiny"
+        if not folder.exists():
+            folder.mkdir()
+            tile = cv2.resize(imread(sorted(Path(SAMPLE_IMAGES).iterdir())[0]), (16, 12))
+            for i in range(3000):
+                cv2.imwrite(str(folder / f"{i:05d}.png"), tile)
+        source, frames = folder, 3000
+    out = work / f"out{ext}"
+    result = cli("run", source, "-o", out, *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == frames
+    assert entries(work) == [out.name]

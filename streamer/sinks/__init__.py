@@ -25,7 +25,7 @@ from streamer.sinks.base import (
 from streamer.sinks.gst import GStreamerSink
 from streamer.sinks.images import ImageFolderSink
 from streamer.sinks.predictions import PredictionsWriter
-from streamer.sinks.video import VideoFileSink
+from streamer.sinks.video import VideoFileSink, VideoOptions
 from streamer.sinks.window import WindowSink, display_available
 
 def make_sink(
@@ -35,9 +35,16 @@ def make_sink(
     fourcc: str | None = None,
     gst_output: bool = False,
     timeout_s: float = 10.0,
+    video: VideoOptions | None = None,
+    input_path: Path | None = None,
+    keep_pts: bool = True,
 ) -> Sink:
     """Build the sink for ``-o``/``--show``: a file, a folder of images, a GStreamer pipeline
-    (``gst_output``), a window, several, or none."""
+    (``gst_output``), a window, several, or none.
+
+    ``video``: ``--codec``/``--crf``/``--preset`` of a video file; ``input_path``: the input
+    file, whose audio and frame times a video file keeps (``keep_pts`` False when frames may
+    be dropped, as with ``--realtime``)."""
     from streamer.gst import looks_like_output_pipeline
 
     sinks: list[Sink] = []
@@ -46,13 +53,19 @@ def make_sink(
     if output and gst_output:
         if fourcc is not None:
             raise ConfigError("--fourcc does not apply to --gst-output: the pipeline's encoder decides")
+        if video is not None and video != VideoOptions():
+            raise ConfigError("--codec, --crf and --preset do not apply to --gst-output: the pipeline's encoder decides")
         sinks.append(ThreadedSink(GStreamerSink(output, overwrite=overwrite, timeout_s=timeout_s)))
     elif output:
         path = Path(output).expanduser()
         if looks_like_output_pipeline(output) and not path.exists():
             raise ConfigError("-o looks like a GStreamer pipeline; pass --gst-output to run it")
         if path.suffix.lower() in VIDEO_EXTENSIONS:
-            sinks.append(ThreadedSink(VideoFileSink(path, overwrite=overwrite, fourcc=fourcc)))
+            sinks.append(
+                ThreadedSink(
+                    VideoFileSink(path, overwrite=overwrite, fourcc=fourcc, options=video, input_path=input_path, keep_pts=keep_pts)
+                )
+            )
         elif path.suffix == "" or output.endswith(("/", os.sep)) or path.is_dir():
             sinks.append(ThreadedSink(ImageFolderSink(path, overwrite=overwrite)))
         else:
@@ -78,6 +91,7 @@ __all__ = [
     "TeeSink",
     "ThreadedSink",
     "VideoFileSink",
+    "VideoOptions",
     "WindowSink",
     "check_output_path",
     "display_available",

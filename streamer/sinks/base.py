@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = {".mp4": "mp4v", ".mkv": "mp4v", ".avi": "MJPG", ".mov": "mp4v"}
+VIDEO_EXTENSIONS = {".mp4": "h264", ".mkv": "h264", ".avi": "mjpeg", ".mov": "h264", ".webm": "vp9"}
+"""Video file extensions and their default codec (streamer/sinks/video.py)."""
 IMAGE_OUTPUT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
