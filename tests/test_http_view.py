@@ -273,10 +273,14 @@ def test_chromium_shows_the_live_stream_and_labels_and_ctrl_c_stops_the_server(t
 
 
 @pytest.mark.slow
-def test_many_viewers_and_a_slow_one_with_a_file_and_predictions(tmp_path: Path, short_clip: Path) -> None:
-    """A file input is lossless: the slow viewer must not cost a frame of the file or of the JSON lines."""
+def test_many_viewers_and_a_slow_one_with_a_file_and_predictions(tmp_path: Path, clip_factory: Callable[..., Path]) -> None:
+    """A file input is lossless: the slow viewer must not cost a frame of the file or of the JSON lines.
+
+    150 frames, so the run lasts long enough for the viewers to connect (a 20-frame clip with a
+    cached model can end before the last of eleven clients is in)."""
+    clip = clip_factory("viewers.mp4", 150, loop=True)
     out, labels = tmp_path / "out.mp4", tmp_path / "labels.jsonl"
-    process, url = _start_run(tmp_path, short_clip, "-o", "http://127.0.0.1:0/", "-o", out, "--predictions", labels, *MODEL_ARGS)
+    process, url = _start_run(tmp_path, clip, "-o", "http://127.0.0.1:0/", "-o", out, "--predictions", labels, *MODEL_ARGS)
     slow = MjpegClient(url + "stream.mjpg", delay_per_kb=1.0)
     viewers = [MjpegClient(url + "stream.mjpg") for _ in range(10)]
     for client in (slow, *viewers):
@@ -285,10 +289,10 @@ def test_many_viewers_and_a_slow_one_with_a_file_and_predictions(tmp_path: Path,
     assert process.returncode == 0  # the slow viewer (still reading what was sent) did not hold the run
     for client in viewers:
         assert client.ended.wait(30), "a viewer's connection outlived the run"
-    assert all(v.status == 200 and v.content_type.startswith("multipart/x-mixed-replace") for v in viewers)
+    assert all(v.status == 200 and v.content_type.startswith("multipart/x-mixed-replace") for v in viewers), [(v.status, v.content_type, getattr(v, "error", None)) for v in viewers]
     assert all(v.images for v in viewers), [len(v.images) for v in viewers]
-    assert count_frames(out) == 20
-    assert [r["frame"] for r in read_jsonl(labels)] == list(range(20))
+    assert count_frames(out) == 150
+    assert [r["frame"] for r in read_jsonl(labels)] == list(range(150))
 
 
 # -- the server itself ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 
 from engines.errors import ConfigError, SinkError
 from engines.paths import fsync_file
+from streamer.outputs import OutputLock, hidden_name
 from streamer.sinks.base import VIDEO_EXTENSIONS, Sink, check_output_path
 
 if TYPE_CHECKING:
@@ -200,7 +201,9 @@ class VideoFileSink(Sink):
         self.preset = opts.preset
         self.input_path = input_path
         self.keep_pts = keep_pts
-        self.temp_path = path.with_name(f".{path.stem}.partial-{os.getpid()}{ext}")
+        # .STEM.partial-PID.EXT (a hash for STEM when that would pass 255 bytes); the final path is locked for the run.
+        self.temp_path = hidden_name(path.with_name(path.stem), f"partial-{os.getpid()}", ext)
+        self._lock = OutputLock(path)
         self.frames_written = 0
         self.audio_packets_written = 0
         self.time_base: Fraction | None = None
@@ -229,6 +232,7 @@ class VideoFileSink(Sink):
         import av
 
         check_output_path(self.path, self.overwrite)
+        self._lock.acquire()  # a second run writing this file fails here, with one line
         width, height = frame_size
         if width <= 0 or height <= 0:
             raise SinkError(f"{self.path}: invalid frame size {frame_size}")
@@ -447,6 +451,12 @@ class VideoFileSink(Sink):
                 audio_in.close()
 
     def finalize(self) -> None:
+        try:
+            self._finalize()
+        finally:
+            self._lock.release()
+
+    def _finalize(self) -> None:
         import av
 
         if self._container is None:
@@ -506,6 +516,7 @@ class VideoFileSink(Sink):
     def abort(self) -> None:
         self._close(quiet=True)
         self._remove_temp()
+        self._lock.release()
 
     def _remove_temp(self) -> None:
         try:
