@@ -5,8 +5,8 @@ short; at least 30; set it to 3600 for an hour before a release).  Marked ``slow
 deselected anywhere: it runs by default.
 
 Bounds (measured on the child with psutil, after a warm-up of WARMUP_S):
-resident memory grows by less than RSS_GROWTH_MB, the thread count does not
-change at all, and the median capture-to-render latency of the last minute is
+resident memory grows by less than RSS_GROWTH_MB, threads do not accumulate (the
+last third of the samples is back at the first count; a one-sample thread is not growth), and the median capture-to-render latency of the last minute is
 at most twice that of the first minute plus LATENCY_SLACK_MS.
 """
 
@@ -58,8 +58,13 @@ def test_soak_memory_threads_and_latency_stay_flat(tmp_path: Path) -> None:
     base = steady[0]
     growth_mb = (max(s.rss for s in steady) - base.rss) / 2**20
     assert growth_mb < RSS_GROWTH_MB, f"RSS grew {growth_mb:.1f} MB: {[s.rss >> 20 for s in steady]}"
-    threads = sorted({s.threads for s in steady})
-    assert threads == [base.threads], f"thread count changed during the soak: {[s.threads for s in steady]}"
+    # Threads must not accumulate: every sample of the last third is back at the first one's count.
+    # A thread that lives for one sample (libx264's lookahead, FFmpeg's reconnect) is not growth; more
+    # than one sample in ten above the base is.
+    counts = [s.threads for s in steady]
+    tail = counts[len(counts) * 2 // 3 :]
+    assert max(tail) <= base.threads, f"threads accumulated during the soak: {counts}"
+    assert sum(c > base.threads for c in counts) <= len(counts) // 10, f"thread count kept changing during the soak: {counts}"
 
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert count_frames(out) == len(records) > 0
