@@ -72,7 +72,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--target-fps", type=_positive_float, default=None, help="real-time target (default: the source's FPS)")
     p.add_argument("--max-frames", type=_positive_int, default=None, help="use only the first N frames of the source")
-    p.add_argument("--sink", choices=SINKS, default="video", help="pipeline output: video = mp4v file in a temp folder (write = encoding), null = discard (default: video)")
+    p.add_argument("--sink", choices=SINKS, default="video", help="pipeline output: video = H.264 file (as streamer run -o writes it) in a temp folder (write = encoding), null = discard (default: video)")
     p.add_argument(
         "--variants",
         nargs="?",

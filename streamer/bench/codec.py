@@ -3,7 +3,9 @@
 The pipeline can never write a file faster than OpenCV decodes the input or
 encodes the output; the slower of the two is the ceiling that the pipeline's
 file throughput is compared against.  Both are measured in the same run, on
-the same frames, with the same FFmpeg backend and codec (mp4v) the pipeline uses.
+the same frames: decoding with OpenCV's FFmpeg backend, as the pipeline's file source does,
+and encoding through the pipeline's own video sink (:class:`streamer.sinks.VideoFileSink`:
+PyAV, H.264 at its default preset, no audio), so the ceiling is the encoder in use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
     import cv2
     import numpy as np
 
+    from streamer.sinks import VideoFileSink
+    from streamer.sinks.video import DEFAULT_PRESET
     from streamer.sources import cv_path  # OpenCV segfaults on a name that is not UTF-8
 
     def decode_all(keep: bool) -> tuple[int, float, list[np.ndarray]]:
@@ -59,14 +63,15 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
         decode_fps.append(n / seconds)
         path = out_dir / f"encode-{r}.mp4"
         start = time.perf_counter()
-        writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*"mp4v"), float(fps_in), size)
-        if not writer.isOpened():
-            raise RuntimeError("cannot open an mp4v writer")
-        for image in frames:
-            if (image.shape[1], image.shape[0]) != size:
-                image = image[: size[1], : size[0]]
-            writer.write(image)
-        writer.release()
+        writer = VideoFileSink(path, overwrite=True)
+        writer.open(size, float(fps_in))
+        try:
+            for image in frames:
+                writer.write(image, "")
+            writer.finalize()
+        except BaseException:
+            writer.abort()
+            raise
         encode_fps.append(len(frames) / (time.perf_counter() - start))
         path.unlink(missing_ok=True)
         if step is not None:
@@ -83,7 +88,7 @@ def decode_encode(source: Path, repeats: int, out_dir: Path, max_frames: int | N
         "frame_size": [w, h],
         "decode_fps": dec,
         "encode_fps": enc,
-        "codec": "mp4v (OpenCV FFmpeg writer)",
+        "codec": f"h264 {DEFAULT_PRESET} (streamer's video sink, PyAV)",
         "bound_fps": bound,
         "bound_statistic": f"median of {repeats} passes",
         "bound_by": "decode" if dec_median <= enc_median else "encode",

@@ -61,7 +61,7 @@ runs on its own writer thread, not on the render thread; a sink without one ("nu
 
 
 SINK_TEXT = {
-    "video": "mp4v video file in a temporary folder, built by make_sink as `streamer run -o` builds it (write = encoding)",
+    "video": "H.264 video file (PyAV) in a temporary folder, built by make_sink as `streamer run -o` builds it (write = encoding)",
     "null": "NullSink (write = nothing)",
     "images": "JPEG files in a temporary folder, built by make_sink (write = encoding)",
 }
