@@ -380,6 +380,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         until_the_pipeline_owns_it.pop_all()
     print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", file=info, flush=True)
+    from streamer.telemetry.jetson import startup_line
+
+    jetson = startup_line()  # None off a Jetson: board, L4T/JetPack, power mode, clocks locked
+    if jetson is not None:
+        print(f"streamer: {jetson}", file=info, flush=True)
     with progress_ctx:
         try:
             summary = pipeline.run()
