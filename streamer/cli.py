@@ -211,12 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _build_run_parser(sub)
-    for module, func in (("streamer.bench.cli", "add_bench_command"), ("streamer.cmd_engines", "add_engine_commands"), ("streamer.doctor", "add_doctor_command")):
-        try:
-            mod = __import__(module, fromlist=[func])
-        except ImportError:
-            continue
-        getattr(mod, func)(sub)
+    # In-tree modules, imported plainly: a bug in one of them is an error, not a command that vanishes.
+    from streamer.bench.cli import add_bench_command
+    from streamer.cmd_engines import add_engine_commands
+    from streamer.doctor import add_doctor_command
+
+    add_bench_command(sub)
+    add_engine_commands(sub)
+    add_doctor_command(sub)
     _build_models_parser(sub)
     _build_completion_parser(sub)
     for command in _all_subparsers(parser):
