@@ -40,7 +40,7 @@ def test_video_is_written_under_a_hidden_name_and_renamed_on_finalize(tmp_path: 
     assert temp.parent == tmp_path and temp.name.startswith(".") and temp.suffix == ".mp4"
     assert temp.exists()
     assert not out.exists(), "the final name must not exist before finalize"
-    assert files_in(tmp_path) == [temp.name]
+    assert files_in(tmp_path) == sorted([temp.name, sink._lock.lock_path.name])  # the final path is locked for the run
     sink.finalize()
     assert files_in(tmp_path) == ["out.mp4"]
     frames = read_frames(out)
