@@ -7,7 +7,6 @@ so two backends can never disagree on normalisation or class names.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
 from engines.errors import ModelError, WeightsError
+from engines.paths import sha256_file
 from engines.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
@@ -283,14 +283,6 @@ def is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < header <= size - 8
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class TrustedPickle:
     """How a pickled weights file is verified before an unsafe ``torch.load`` (torch < 2.6) may read it."""
@@ -304,7 +296,7 @@ class TrustedPickle:
         """None if ``path`` matches; else why not."""
         if self.sha256 is None and self.hash_prefix is None:
             return "no pinned hash"
-        actual = file_sha256(path)
+        actual = sha256_file(path)
         if self.sha256 is not None and actual != self.sha256:
             return f"SHA-256 {actual[:16]}... is not the pinned {self.sha256[:16]}..."
         if self.hash_prefix is not None and not actual.startswith(self.hash_prefix):

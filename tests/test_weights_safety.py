@@ -26,7 +26,6 @@ from engines.models import (
     TrustedPickle,
     WeightsChoice,
     build_model,
-    file_sha256,
     get_spec,
     is_safetensors,
     load_state_dict,
@@ -34,6 +33,7 @@ from engines.models import (
     torch_load_is_safe,
     trusted_pickle_for,
 )
+from engines.paths import sha256_file
 from faults.fixtures import InProcessCli, cli, restore_logging  # noqa: F401 - fixtures
 from faults.media import SAMPLE_IMAGES
 from faults.proc import assert_one_clear_line
@@ -153,7 +153,7 @@ def test_a_broken_safetensors_file_is_one_clear_error(tmp_path: Path) -> None:
 def test_packaged_lite0_weights_load_on_old_torch_only_with_the_pinned_hash(old_torch: None, count_torch_load: list[Path]) -> None:
     spec = get_spec(LITE)
     path = resolve_weights_file(spec, WeightsChoice("imagenet"))
-    assert path is not None and file_sha256(path) == LITE0_WEIGHTS_SHA256
+    assert path is not None and sha256_file(path) == LITE0_WEIGHTS_SHA256
     assert models.hash_prefix(path.name) == LITE0_WEIGHTS_SHA256[:8]  # its name follows torch.hub's convention too
     assert trusted_pickle_for(spec, WeightsChoice("imagenet")) == TrustedPickle(sha256=LITE0_WEIGHTS_SHA256)
     loaded = build_model(spec, WeightsChoice("imagenet"))
@@ -174,7 +174,7 @@ def test_torchvision_downloads_are_checked_by_their_hash_prefix(old_torch: None,
     with pytest.raises(WeightsError, match=r"does not start with the f37072fd its name promises"):
         build_model(spec, WeightsChoice("imagenet"))
     # and a file whose content does carry the prefix its name states is loaded
-    actual = file_sha256(cached)
+    actual = sha256_file(cached)
     load_state_dict(cached, TrustedPickle(hash_prefix=actual[:8]))
 
 

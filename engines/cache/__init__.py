@@ -45,8 +45,8 @@ from engines.cache.key import (
     canonical_json,
     host_platform,
     sha256_bytes,
-    sha256_file,
 )
+from engines.paths import sha256_file
 from engines.cache.store import (
     Built,
     CacheEntry,

@@ -33,10 +33,9 @@ from engines.cache.key import (
     TensorSpec,
     safe_token,
     sha256_bytes,
-    sha256_file,
 )
 from engines.errors import CacheError, EngineError
-from engines.paths import cache_dir, ensure_private_dir, fsync_dir
+from engines.paths import cache_dir, ensure_private_dir, fsync_dir, sha256_file
 
 log = logging.getLogger("engines.cache")
 
