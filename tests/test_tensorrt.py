@@ -40,6 +40,23 @@ def _sha(path: Path) -> str:
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
+def _pretend_a_gpu_with_an_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`streamer build` on a machine without CUDA: a cached dynamic-batch export and one pretend GPU."""
+    import types
+
+    import torch
+
+    from engines.backends import tensorrt
+
+    onnx_path = make_onnx(tmp_path / "m.onnx", batch=None)
+    export = types.SimpleNamespace(value=onnx_path, sha256=_sha(onnx_path))
+    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: export)
+    monkeypatch.setattr(tensorrt, "cuda_device_info", lambda device: _device(device=device))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
 
 def _install(monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
     """Make ``variant(name)`` the TensorRT module this process finds."""
@@ -152,20 +169,9 @@ def test_ctrl_c_inside_the_logger_is_raised_after_the_call(trt10: Any, tmp_path:
 def test_streamer_build_ctrl_c_exits_130_and_caches_nothing(
     trt10: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import types
-
-    import torch
-
-    from engines.backends import tensorrt
     from streamer import cli, cmd_engines
 
-    onnx_path = make_onnx(tmp_path / "m.onnx", batch=None)
-    export = types.SimpleNamespace(value=onnx_path, sha256=_sha(onnx_path))
-    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: export)
-    monkeypatch.setattr(tensorrt, "cuda_device_info", lambda device: _device(device=device))
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _pretend_a_gpu_with_an_export(monkeypatch, tmp_path)
 
     def interrupting_printer() -> Any:
         def report(phase: str, done: int, total: int) -> None:
@@ -391,21 +397,10 @@ def test_close_releases_the_engine(trt10: Any, tmp_path: Path, monkeypatch: pyte
 def test_trt_rtx_check_records_the_runtimes_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import importlib.util
     import json
-    import types
-
-    import torch
-
-    from engines.backends import tensorrt
 
     _install(monkeypatch, "rtx")
     monkeypatch.setattr(fake_tensorrt, "FAKE_CURRENT_CC", "9.0")
-    onnx_path = make_onnx(tmp_path / "m.onnx", batch=None)
-    export = types.SimpleNamespace(value=onnx_path, sha256=_sha(onnx_path))
-    monkeypatch.setattr("engines.onnx_export.cached_onnx", lambda *a, **k: export)
-    monkeypatch.setattr(tensorrt, "cuda_device_info", lambda device: _device(device=device))
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _pretend_a_gpu_with_an_export(monkeypatch, tmp_path)
     path = Path(__file__).resolve().parents[1] / "tools" / "trt_rtx_check.py"
     spec = importlib.util.spec_from_file_location("trt_rtx_check", path)
     assert spec is not None and spec.loader is not None
