@@ -21,8 +21,10 @@ import os
 import socket
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from engines.errors import BackendUnavailable, ConfigError, PipelineError
@@ -144,6 +146,13 @@ def serve(
 
         _python_library_first()
         logging.getLogger("pytriton").setLevel(logging.INFO if config.verbose >= 2 else logging.ERROR)
+        # tritonserver's own log (its start-up tables, CUDA and NVML probes) goes to a file unless -v:
+        # the terminal gets streamer's lines only.  The file is kept when the server fails.
+        log_file: Path | None = None
+        if config.verbose < 1:
+            handle, name = tempfile.mkstemp(prefix="streamer-serve-", suffix=".log")
+            os.close(handle)
+            log_file = Path(name)
         triton_config = triton_module.TritonConfig(
             id=identity.server_id(),
             http_address=config.host,
@@ -155,6 +164,8 @@ def serve(
             log_verbose=max(0, config.verbose - 1),
             exit_on_error=True,
             strict_readiness=True,
+            log_file=log_file,
+            allow_gpu_metrics=options.device.startswith("cuda"),
         )
         c, h, w = spec.preprocess.input_shape
         triton = triton_module.Triton(config=triton_config)
@@ -176,7 +187,9 @@ def serve(
                 raise
             except Exception as exc:  # noqa: BLE001 - PyTriton's own error types
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise PipelineError(f"the Triton server did not start: {text}") from None
+                where = f" (its log: {log_file})" if log_file is not None else ""
+                log_file = None  # kept
+                raise PipelineError(f"the Triton server did not start: {text}{where}") from None
             shown = f"[{config.host}]" if ":" in config.host else config.host
             print(
                 f"streamer: serving {description} on Triton: grpc://{shown}:{config.grpc_port} http://{shown}:{config.http_port} "
@@ -193,11 +206,17 @@ def serve(
                         raise PipelineError("the inference worker stopped")
                     time.sleep(0.5)
             except KeyboardInterrupt:
-                print("streamer: stopping the Triton server", file=out, flush=True)
-                return 0
-            raise PipelineError("the Triton server exited")
+                raise
+            where = f" (its log: {log_file})" if log_file is not None else ""
+            log_file = None  # kept
+            raise PipelineError(f"the Triton server exited{where}")
         finally:
             triton.stop()
+            if log_file is not None:
+                log_file.unlink(missing_ok=True)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns both into KeyboardInterrupt)
+        print("streamer: stopped the Triton server", file=out, flush=True)
+        return 0
     finally:
         worker.close(timeout=10.0)
 
