@@ -8,6 +8,7 @@ which the project's main environment does not take: .ci/run makes a second venv 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -22,10 +23,18 @@ from typing import Iterator
 
 import pytest
 
-pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed here: pip install -e '.[triton]' (.ci/run makes .venv-triton)")
-pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed here: pip install -e '.[triton]'")
 
-pytestmark = pytest.mark.slow
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+HAVE_TRITON = _installed("pytriton") and _installed("tritonclient")
+needs_triton = pytest.mark.skipif(
+    not HAVE_TRITON, reason="nvidia-pytriton and tritonclient are not installed here: pip install -e '.[triton]' (.ci/run makes .venv-triton)"
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "efficientnet_lite0", "--weights", "imagenet"]
@@ -162,12 +171,18 @@ def _assert_same_labels(got: list[dict[str, object]], want: list[dict[str, objec
 
 
 def _run_client(url: str, out: Path, *extra: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    return _run_client_args(out, "--backend", "triton", "--url", url, *extra, timeout=timeout)
+
+
+def _run_client_args(out: Path, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     return _streamer(
-        "run", str(REPO / "samples/video/bigbuckbunny.mp4"), "--backend", "triton", "--url", url,
-        "--predictions", str(out), "--headless", "--no-progress", "--no-summary", *extra, timeout=timeout,
+        "run", str(REPO / "samples/video/bigbuckbunny.mp4"), *args,
+        "--predictions", str(out), "--headless", "--no-progress", "--no-summary", timeout=timeout,
     )  # fmt: skip
 
 
+@needs_triton
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_a_run_against_triton_labels_the_video_like_the_local_backend(
     server: Server, local_predictions: list[dict[str, object]], tmp_path: Path, scheme: str
@@ -182,6 +197,8 @@ def test_a_run_against_triton_labels_the_video_like_the_local_backend(
     _assert_same_labels(got, local_predictions)
 
 
+@needs_triton
+@pytest.mark.slow
 def test_the_model_defaults_to_the_one_the_server_serves(server: Server, local_predictions: list[dict[str, object]], tmp_path: Path) -> None:
     out = tmp_path / "p.jsonl"
     result = _run_client(server.grpc_url, out, "--max-frames", "10")
@@ -189,6 +206,8 @@ def test_the_model_defaults_to_the_one_the_server_serves(server: Server, local_p
     _assert_same_labels(_read(out), local_predictions[:10])
 
 
+@needs_triton
+@pytest.mark.slow
 def test_health_and_metrics_endpoints_answer(server: Server) -> None:
     for path in ("live", "ready"):
         assert _http(f"http://127.0.0.1:{server.http}/v2/health/{path}")[0] == 200
@@ -203,6 +222,8 @@ def test_health_and_metrics_endpoints_answer(server: Server) -> None:
     assert status == 200 and 'nv_inference_request_success{model="efficientnet_lite0"' in body
 
 
+@needs_triton
+@pytest.mark.slow
 def test_the_client_survives_a_server_killed_and_restarted_mid_run(
     tmp_path: Path, local_predictions: list[dict[str, object]]
 ) -> None:
@@ -244,6 +265,8 @@ def _assert_one_line_failure(result: subprocess.CompletedProcess[str], out: Path
     assert [p.name for p in out.parent.iterdir() if p.name != "never.jsonl"] == []
 
 
+@needs_triton
+@pytest.mark.slow
 def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     (port,) = _free_ports(1)
     out = tmp_path / "never.jsonl"
@@ -251,18 +274,24 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     _assert_one_line_failure(result, out, "cannot reach", f"127.0.0.1:{port}")
 
 
+@needs_triton
+@pytest.mark.slow
 def test_a_wrong_model_name_is_one_line(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "never.jsonl"
     result = _run_client(server.grpc_url, out, "--model", "alexnet", "--weights", "random", timeout=120)
     _assert_one_line_failure(result, out, "no ready model 'alexnet'", "efficientnet_lite0")
 
 
+@needs_triton
+@pytest.mark.slow
 def test_other_weights_than_the_served_ones_are_one_line(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "never.jsonl"
     result = _run_client(server.grpc_url, out, "--model", "efficientnet_lite0", "--weights", "random", timeout=120)
     _assert_one_line_failure(result, out, "imagenet weights", "random")
 
 
+@needs_triton
+@pytest.mark.slow
 def test_a_server_that_never_becomes_ready_is_one_line(tmp_path: Path) -> None:
     """A listener that accepts connections and never answers (a hung server)."""
     listener = socket.socket()
@@ -294,6 +323,8 @@ def test_a_server_that_never_becomes_ready_is_one_line(tmp_path: Path) -> None:
         listener.close()
 
 
+@needs_triton
+@pytest.mark.slow
 def test_serve_refuses_a_port_in_use_in_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -309,6 +340,8 @@ def test_serve_refuses_a_port_in_use_in_one_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("streamer: error: ") and str(port) in lines[0], result.stderr
 
 
+@needs_triton
+@pytest.mark.slow
 def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     server = Server(tmp_path / "serve.log").start()
     try:
@@ -321,3 +354,41 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     with socket.socket() as probe:  # the ports are free again: tritonserver is gone too
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", server.grpc))
+
+
+# -- what needs no server (and runs in the main venv too) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--backend", "triton"], ["needs --url"]),
+        (["--backend", "triton", "--url", "ftp://127.0.0.1:1"], ["grpc://HOST:PORT"]),
+        (["--backend", "triton", "--url", "grpc://127.0.0.1:notaport"], ["invalid port"]),
+        (["--backend", "torch", "--url", "grpc://127.0.0.1:8001"], ["--url is for --backend triton"]),
+    ],
+)
+def test_bad_triton_options_are_one_line(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    out = tmp_path / "never.jsonl"
+    result = _run_client_args(out, *args)
+    _assert_one_line_failure(result, out, *words)
+
+
+@pytest.mark.skipif(_installed("pytriton"), reason="PyTriton is installed here")
+def test_serve_without_pytriton_says_how_to_install_it() -> None:
+    result = _streamer("serve", *MODEL, *LOCAL, "--host", "127.0.0.1", timeout=120)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install 'streamer[triton]'" in lines[0], result.stderr
+
+
+def test_triton_urls_parse() -> None:
+    from engines.backends.triton_backend import ServerIdentity, TritonUrl
+
+    assert str(TritonUrl.parse("gpu1:9001")) == "grpc://gpu1:9001"
+    assert str(TritonUrl.parse("grpc://gpu1")) == "grpc://gpu1:8001"
+    assert str(TritonUrl.parse("http://gpu1")) == "http://gpu1:8000"
+    assert str(TritonUrl.parse("http://[::1]:18000/")) == "http://[::1]:18000"
+    identity = ServerIdentity("efficientnet_lite0", "imagenet", "fp16")
+    assert ServerIdentity.parse(identity.server_id()) == identity
+    assert ServerIdentity.parse("triton") is None
