@@ -224,13 +224,15 @@ def test_health_and_metrics_endpoints_answer(server: Server) -> None:
 
 @needs_triton
 @pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_the_client_survives_a_server_killed_and_restarted_mid_run(
-    tmp_path: Path, local_predictions: list[dict[str, object]]
+    tmp_path: Path, local_predictions: list[dict[str, object]], scheme: str
 ) -> None:
     server = Server(tmp_path / "serve.log").start()
+    url = server.grpc_url if scheme == "grpc" else f"http://127.0.0.1:{server.http}"
     out = tmp_path / "p.jsonl"
     result: dict[str, subprocess.CompletedProcess[str]] = {}
-    client = threading.Thread(target=lambda: result.setdefault("run", _run_client(server.grpc_url, out, *MODEL, "--reconnect", "240")))
+    client = threading.Thread(target=lambda: result.setdefault("run", _run_client(url, out, *MODEL, "--reconnect", "240")))
     try:
         client.start()
         deadline = time.monotonic() + 120

@@ -115,10 +115,16 @@ def _is_unavailable(exc: BaseException) -> bool:
         return any(word in code for word in ("UNAVAILABLE", "DEADLINE_EXCEEDED")) or code in (
             "502", "503", "504",
         )  # fmt: skip
-    message = str(exc).lower()
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
         return True
-    return any(word in message for word in ("connection refused", "connection reset", "unavailable", "broken pipe", "timed out", "socket closed", "failed to connect"))
+    module = type(exc).__module__.split(".")[0]
+    if module in ("gevent", "geventhttpclient", "http", "ssl", "socket", "urllib3"):
+        return True  # the HTTP client's transport (geventhttpclient raises its own "connection closed.")
+    message = str(exc).lower()
+    return any(
+        word in message
+        for word in ("connection refused", "connection reset", "connection closed", "unavailable", "broken pipe", "timed out", "socket closed", "failed to connect")
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -316,7 +322,7 @@ class TritonBackend(Backend):
         if logits is None or logits.shape != (array.shape[0], self.spec.num_classes):
             shape = None if logits is None else logits.shape
             raise EngineError(f"Triton server at {self.url} answered logits of shape {shape} for a batch of {array.shape[0]}")
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        return torch.from_numpy(np.array(logits, dtype=np.float32))  # a copy: tritonclient's array is read-only
 
     def _send(self, client: _Client, array: Any) -> Any:
         """One request; on a connection failure, the same request again with backoff for up to ``retry_s``."""
