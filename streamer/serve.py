@@ -9,7 +9,7 @@ so the backend lives on one thread as in ``streamer run``.
 What travels: the client (``--backend triton``) preprocesses frames with the same code as a
 local backend and sends the (N, 3, H, W) float32 (fp16 at ``--precision fp16``) tensor named
 ``input``; the server answers (N, classes) float32 ``logits``.  Sending the preprocessed tensor
-keeps the labels identical to a local run (one preprocessing, one place) and the server busy
+(float32 for an int8 engine) keeps the labels identical to a local run (one preprocessing, one place) and the server busy
 only with the network; it costs 4 (fp32) or 2 (fp16) bytes per pixel of the 224x224 crop,
 about 600 KB per frame at fp32, which a LAN carries at hundreds of frames per second.
 """
@@ -113,8 +113,6 @@ def serve(
     from engines.backends.triton_backend import INPUT, OUTPUT, ServerIdentity, weights_tag
     from streamer.inference import InferenceWorker
 
-    if options.precision not in ("fp32", "fp16"):
-        raise ConfigError(f"streamer serve takes --precision fp32 or fp16, not {options.precision}")
     triton_module = _import_pytriton()
     from pytriton.decorators import batch as pytriton_batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor

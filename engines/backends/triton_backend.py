@@ -36,7 +36,8 @@ OUTPUT = "logits"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 SERVER_ID_PREFIX = "streamer"
 """``streamer serve`` names its server ``streamer:MODEL:WEIGHTS:PRECISION`` (Triton's server id)."""
-_DTYPES = {"fp32": "FP32", "fp16": "FP16"}
+_DTYPES = {"fp32": "FP32", "fp16": "FP16", "int8": "FP32"}
+"""The input tensor's type on the wire, by precision (an int8 engine takes float32 input)."""
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,6 @@ class TritonBackend(Backend):
         super().__init__(spec, weights, replace(options, device="cpu"))
         if url is None:
             raise ConfigError("--backend triton needs --url grpc://HOST:PORT (or http://HOST:PORT) of a streamer serve")
-        if options.precision not in _DTYPES:
-            raise ConfigError(f"the triton backend serves fp32 or fp16, not {options.precision}")
         self.url = TritonUrl.parse(url)
         self.connect_timeout_s = connect_timeout_s
         self.retry_s = retry_s
@@ -282,7 +281,7 @@ class TritonBackend(Backend):
             self._check_identity(identity, where)
         ins, outs = client.model_metadata(name)
         c, h, w = self.spec.preprocess.input_shape
-        if len(ins) != 1 or ins[0][0] != INPUT or ins[0][2][1:] != [c, h, w] or ins[0][1] not in _DTYPES.values():
+        if len(ins) != 1 or ins[0][0] != INPUT or ins[0][2][1:] != [c, h, w] or ins[0][1] not in ("FP32", "FP16"):
             raise EngineError(f"{where}: model {name!r} takes {ins}, not one {INPUT} of shape (N, {c}, {h}, {w})")
         if len(outs) != 1 or outs[0][0] != OUTPUT or outs[0][2][1:] != [self.spec.num_classes]:
             raise EngineError(f"{where}: model {name!r} answers {outs}, not {OUTPUT} of shape (N, {self.spec.num_classes})")
@@ -297,7 +296,7 @@ class TritonBackend(Backend):
 
     @staticmethod
     def _precision_for(datatype: str) -> str:
-        return next(k for k, v in _DTYPES.items() if v == datatype)
+        return "fp16" if datatype == "FP16" else "fp32"
 
     def _check_identity(self, identity: ServerIdentity, where: str) -> None:
         mine = weights_tag(self.weights)
