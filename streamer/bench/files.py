@@ -184,6 +184,47 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables: one row per video and case, the pipeline beside its ceiling (and the network alone)."""
+    lines = [
+        "| video | ceiling FPS (bound) | decode-only | encode-only (threads) | encode, 1 thread | case | pipeline FPS | x ceiling | network-alone FPS | x network | busiest thread ms/frame | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report["videos"]:
+        c = entry["ceiling"]
+        w, h = entry["frame_size"]
+        one = (c.get("encode_fps_1thread") or {}).get("p50")
+        head = [
+            f"{Path(entry['video']).stem} {w}x{h} ({entry['frames']} frames)",
+            f"{c['bound_fps']:.0f} ({c['bound_by']})",
+            f"{c['decode_fps']['p50']:.0f}",
+            f"{c['encode_fps']['p50']:.0f} ({c.get('encoder_threads')})",
+            f"{one:.0f}" if one else "",
+        ]
+        for i, case in enumerate(entry["cases"]):
+            net = case.get("network_fps")
+            busiest = (case.get("busiest_thread") or "").split(" (")[0]
+            ms = (case.get("thread_ms_per_frame") or {}).get(case.get("busiest_thread") or "", 0.0)
+            other = (case.get("machine_load") or {}).get("other_processes")
+            lines.append(
+                "| "
+                + " | ".join(
+                    (head if i == 0 else [""] * len(head))
+                    + [
+                        f"{case['model']} b{case['batch']}",
+                        f"{case['pipeline_fps']:.0f}",
+                        f"**{case['ratio_to_ceiling']:.2f}**",
+                        f"{net:.0f}" if net else "",
+                        f"**{case['ratio_to_network']:.2f}**" if case.get("ratio_to_network") else "",
+                        f"{busiest} {ms:.2f}",
+                        f"{100 * other:.0f} %" if other is not None else "",
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m streamer.bench.files", description=__doc__.split("\n\n")[0])
     p.add_argument("videos", nargs="+", help="VIDEO or VIDEO:LOOPS")
@@ -200,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-thread-passes", type=int, default=2)
     p.add_argument("--network", action="store_true", help="also time the network alone on each video (inference-only FPS)")
     p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--markdown", action="store_true", help="print the tables of the --json report already written; measure nothing")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.json.read_text(encoding="utf-8"))), end="")
+        return 0
     _write(args.json, measure(args))
     return 0
 
