@@ -36,6 +36,7 @@ def decode_encode(
     max_frames: int | None = None,
     step: StepFn | None = None,
     one_thread_passes: int | None = None,
+    one_thread_frames: int = ONE_THREAD_FRAMES,
 ) -> dict[str, Any]:
     import cv2
     import numpy as np
@@ -92,7 +93,7 @@ def decode_encode(
         encode_fps.append(encode(out_dir / f"encode-{r}.mp4", frames, None))
         if step is not None:
             step("decode/encode baseline", r + 1, repeats)
-    one_thread = [encode(out_dir / f"encode-1t-{r}.mp4", frames[:ONE_THREAD_FRAMES], 1) for r in range(ONE_THREAD_PASSES if one_thread_passes is None else one_thread_passes)]
+    one_thread = [encode(out_dir / f"encode-1t-{r}.mp4", frames[:one_thread_frames], 1) for r in range(ONE_THREAD_PASSES if one_thread_passes is None else one_thread_passes)]
     dec = summarize(decode_fps)
     enc = summarize(encode_fps)
     # Medians: a shared host's encoder speed moves by a third between passes a few
