@@ -383,8 +383,9 @@ class Pipeline:
             result = Result(item.prediction, fps.fps, latency * 1000.0, self._model_line, self.warning)
             for annotator in self.annotators:
                 image = annotator.annotate(image, result)
+            payload = self.sink.prepare(image)  # the video file's colour conversion, here: beside the writer thread's encoding
             t1 = time.perf_counter()
-            self.sink.write(image, item.frame.name)
+            self.sink.write(payload, item.frame.name)
             t2 = time.perf_counter()
             for observer in self.observers:
                 observer.write(item.frame, item.prediction, latency * 1000.0)

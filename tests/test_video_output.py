@@ -203,6 +203,22 @@ def test_odd_sized_and_grey_frames_are_converted(tmp_path: Path) -> None:
     assert _streams(out)["size"] == (176, 144) and frames_in_video(out) == 6
 
 
+def test_frames_prepared_on_the_callers_thread_write_the_same_file(tmp_path: Path) -> None:
+    """The pipeline converts each frame on the render thread (``sink.prepare``) and hands the result to the
+    writer thread; the file is the one the plain images give."""
+    frames = _sample_frames(8, (320, 180))
+    plain = _write(tmp_path / "plain.mp4", frames, options=VideoOptions(threads=1))
+    sink = make_sink(str(tmp_path / "prepared.mp4"), False, video=VideoOptions(threads=1))
+    sink.open((320, 180), 25.0)
+    for i, image in enumerate(frames):
+        prepared = sink.prepare(image)
+        assert not isinstance(prepared, np.ndarray)
+        sink.write(prepared, f"f{i}")
+    sink.finalize()
+    ours, theirs = _decode(tmp_path / "prepared.mp4"), _decode(plain.path)
+    assert len(ours) == len(theirs) == 8 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
 def test_encoder_threads_option(tmp_path: Path) -> None:
     frames = _sample_frames(12, (320, 180))
     one = _write(tmp_path / "one.mp4", frames, options=VideoOptions(threads=1))

@@ -95,6 +95,13 @@ class _InputInfo:
     has_audio: bool = False
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A frame :meth:`VideoFileSink.prepare` converted for the encoder (an ``av.VideoFrame``)."""
+
+    frame: Any
+
+
 MAX_THREADS = 16
 """Encoder threads at most: x264's frame threads each hold a frame back, and 16 encode 4K in real time."""
 
@@ -364,11 +371,21 @@ class VideoFileSink(Sink):
         self._last_pts = value
         return value
 
-    def write(self, image: np.ndarray, name: str) -> None:
+    def prepare(self, image: np.ndarray) -> "_Prepared":
+        """The frame converted for the encoder (size, grey, BGR -> I420), on the caller's thread.
+
+        :class:`~streamer.sinks.ThreadedSink` calls this on the render thread, so that the
+        conversion runs beside the encoding of the frames before instead of on the writer thread.
+        """
         import av
 
         if self._container is None or self._size is None:
             raise SinkError(f"{self.path}: write before open")
+        return _Prepared(self._frame(av, self._fit(image)))
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """``image`` at the file's (even) size, in BGR."""
+        assert self._size is not None
         if (image.shape[1], image.shape[0]) != self._size:
             import cv2
 
@@ -377,7 +394,14 @@ class VideoFileSink(Sink):
             import cv2
 
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        frame = self._frame(av, image)
+        return image
+
+    def write(self, image: "np.ndarray | _Prepared", name: str) -> None:
+        import av
+
+        if self._container is None or self._size is None:
+            raise SinkError(f"{self.path}: write before open")
+        frame = image.frame if isinstance(image, _Prepared) else self._frame(av, self._fit(image))
         frame.pts = self._pts(self.frames_written)
         frame.time_base = self.time_base
         try:
