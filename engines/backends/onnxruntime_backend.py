@@ -45,7 +45,7 @@ def allowed_cpus_if_restricted() -> int | None:
 
     onnxruntime sizes its intra-op pool from the machine's cores, not the process's affinity (measured:
     under ``taskset -c 0`` on a 2-core machine it still starts a second thread), so pinned to 2 of 16 cores
-    it would run 16 threads on 2 cores.
+    it would start a thread per core of the machine on the two it may use.
     """
     try:
         allowed = len(os.sched_getaffinity(0))
