@@ -17,8 +17,10 @@
   during the load); for live sources that is always the capture.  The summary
   says which (:attr:`RunSummary.latency_basis`).
 * The render stage runs on the calling (main) thread: OpenCV windows need it,
-  and Ctrl-C arrives there.  It draws the annotators, writes the sink and
-  tells the observers; between frames it runs the :class:`Watchdog`.
+  and Ctrl-C arrives there.  It draws the annotators, converts the frame for
+  the sink (:meth:`Sink.prepare`: a video file's BGR -> I420, off the writer
+  thread), writes the sink and tells the observers; between frames it runs
+  the :class:`Watchdog`.
 * The pipeline owns every output it is handed: it opens the sink, and at the
   end finalises or aborts the sink and every observer together.
 """
