@@ -71,7 +71,7 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool
     y0 = max(0, y0)
     x1 = min(w, widest + 14)
     roi = image[y0 : y0 + band_h, 0:x1]
-    roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken under the text
+    cv2.convertScaleAbs(roi, dst=roi, alpha=0.4)  # darken under the text, in place (no temporaries)
     for i, (text, colour) in enumerate(lines):
         y = y0 + line_h * (i + 1) - int(4 * scale)
         cv2.putText(image, text, (6, y), font, scale, colour, thickness, cv2.LINE_AA)

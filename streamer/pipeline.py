@@ -17,8 +17,10 @@
   during the load); for live sources that is always the capture.  The summary
   says which (:attr:`RunSummary.latency_basis`).
 * The render stage runs on the calling (main) thread: OpenCV windows need it,
-  and Ctrl-C arrives there.  It draws the annotators, writes the sink and
-  tells the observers; between frames it runs the :class:`Watchdog`.
+  and Ctrl-C arrives there.  It draws the annotators, converts the frame for
+  the sink (:meth:`Sink.prepare`: a video file's BGR -> I420, off the writer
+  thread), writes the sink and tells the observers; between frames it runs
+  the :class:`Watchdog`.
 * The pipeline owns every output it is handed: it opens the sink, and at the
   end finalises or aborts the sink and every observer together.
 """
@@ -383,8 +385,9 @@ class Pipeline:
             result = Result(item.prediction, fps.fps, latency * 1000.0, self._model_line, self.warning)
             for annotator in self.annotators:
                 image = annotator.annotate(image, result)
+            payload = self.sink.prepare(image)  # the video file's colour conversion, here: beside the writer thread's encoding
             t1 = time.perf_counter()
-            self.sink.write(image, item.frame.name)
+            self.sink.write(payload, item.frame.name)
             t2 = time.perf_counter()
             for observer in self.observers:
                 observer.write(item.frame, item.prediction, latency * 1000.0)
