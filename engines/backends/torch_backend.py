@@ -1,15 +1,17 @@
-"""Eager PyTorch backend (CPU or CUDA, fp32 or fp16), optionally with CUDA graphs."""
+"""Eager PyTorch backend (CPU or CUDA, fp32 or fp16), optionally with CUDA graphs or, for AlexNet, fused."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from engines.backends.base import Backend, BackendOptions, resolve_device_name, restore_torch_threads
-from engines.errors import BackendError
+from engines.errors import BackendError, ConfigError
 from engines.models import build_model
 
 if TYPE_CHECKING:
     import torch
+
+    from engines.backends.fused_alexnet import FusedAlexNet
 
 
 class TorchBackend(Backend):
@@ -27,6 +29,10 @@ class TorchBackend(Backend):
             return "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
         if options.cuda_graphs and cpu:
             return "torch backend: --cuda-graphs needs a CUDA device"
+        if options.fused and cpu:
+            return "torch backend: --fused needs a CUDA device (its kernels are Triton and cuDNN's NHWC ones)"
+        if options.fused and (options.channels_last or options.compile):
+            return "torch backend: --fused is already channels-last and compiled by hand; drop --channels-last/--compile"
         return None
 
     def _load_impl(self) -> None:
@@ -35,6 +41,18 @@ class TorchBackend(Backend):
         if self.device == "cpu":
             restore_torch_threads(self.options.threads)
         self.model = build_model(self.spec, self.weights)
+        self._fused: "FusedAlexNet | None" = None
+        self._graph: "torch.cuda.CUDAGraph | None" = None
+        self._graph_batch = 0
+        if self.options.fused:
+            from engines.backends.fused_alexnet import FusedAlexNet
+
+            if self.spec.name != "alexnet":
+                raise ConfigError(f"torch backend: --fused rewrites alexnet only, not {self.spec.name}")
+            dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            self._fused = FusedAlexNet(self.model.module, self.device, dtype, self.options.batch)
+            self._module = None  # type: ignore[assignment]
+            return
         module = self.model.module.to(self.device)
         if self.precision == "fp16":
             module = module.half()
@@ -43,8 +61,6 @@ class TorchBackend(Backend):
         if self.options.compile:
             module = torch.compile(module)  # type: ignore[assignment]
         self._module = module
-        self._graph: "torch.cuda.CUDAGraph | None" = None
-        self._graph_batch = 0
         if self.options.cuda_graphs:
             self._capture_graph(self.options.batch)
 
@@ -77,6 +93,8 @@ class TorchBackend(Backend):
 
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         x = batch.to(self.device, dtype=dtype, non_blocking=True)
+        if self._fused is not None:
+            return self._fused.infer(x)
         if self._graph is not None:
             n = int(x.shape[0])
             if n > self._graph_batch:
@@ -96,6 +114,7 @@ class TorchBackend(Backend):
 
     def _close_impl(self) -> None:
         self._graph = None
+        self._fused = None
         self._module = None  # type: ignore[assignment]
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
