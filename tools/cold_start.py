@@ -101,6 +101,12 @@ class Case:
         return cmd
 
 
+def backend_ready(name: str) -> bool:
+    from engines.backends import backend_installed
+
+    return backend_installed(name)
+
+
 def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     from engines.backends import backend_installed
 
@@ -192,6 +198,9 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     for e in summary:
         if e["status"] == "not installed":
             lines.append(f"| {e['case']} | not installed here (cannot run on this machine) | | | | | | | | 0 |")
+            continue
+        if not e["ok"]:
+            lines.append(f"| {e['case']} | {e['status']} | | | | | | | | 0/{e['runs']} |")
             continue
         setup = e.get("graph_capture_s") if e.get("graph_capture_s") is not None else e.get("fused_setup_s")
         lines.append(
@@ -288,7 +297,7 @@ def main() -> None:
         run_case(Case("efficientnet_lite0", "onnxruntime" if args.cpu_only else "torch", "fp32", "eager"), args)
     for _ in range(args.repeats):
         for case in cases:
-            if args.budget is not None and time.perf_counter() - start > args.budget:
+            if args.budget is not None and time.perf_counter() - start > args.budget and backend_ready(case.backend):
                 rows.append({"case": case.name, "status": "not run (budget)"})
                 continue
             row = run_case(case, args)

@@ -254,7 +254,30 @@ def main() -> None:
         ref = torch.cat([ref_model(real[i : i + 16]) for i in range(0, real.shape[0], 16)]).float()
     ref_top1 = ref.argmax(1)
     del ref_model
-    results = []
+    results: list[dict[str, Any]] = []
+    backend_rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(0) if DEVICE != "cpu" else "cpu (dry run)",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if DEVICE != "cpu" else None,
+        "model": args.model,
+        "weights": args.weights,
+        "model_build_s": build_s,
+        "batch": args.batch,
+        "runs": args.runs,
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "weight_bytes_fp16": weight_bytes_fp16,
+        "memory_floor_ms_fp16": weight_bytes_fp16 / HBM_BYTES_PER_S * 1000.0,
+        "accuracy_images": {"photos": args.images, "frames": args.frames, "count": int(real.shape[0])},
+        "results": results,
+        "backend_timing": backend_rows,
+    }
+
+    def save() -> None:  # after every variant: a run cut short keeps what it measured
+        if args.out:
+            args.out.write_text(json.dumps(meta, indent=2))
+
     for variant in [v for v in args.variants.split(",") if v]:
         t0 = time.perf_counter()
         try:
@@ -268,6 +291,7 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others
             print(f"{variant}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             results.append({"variant": variant, "error": f"{type(exc).__name__}: {str(exc)[:1000]}"})
+            save()
             continue
         # accuracy: top-1 and cosine vs eager fp32 on the real images, one batch-sized slice at a time
         agree, cosines = 0, []
@@ -299,6 +323,7 @@ def main() -> None:
             for k in row["kernels"][:25]:
                 print(f"    {k['us_per_call']:8.2f} us x{k['calls_per_run']:<3d} {str(k['name'])[:110]}", flush=True)
         results.append(row)
+        save()
         print(
             f"{args.model:12s} b{args.batch} {variant:36s} p50 {row['p50_ms']:.4f} ms  p99 {row['p99_ms']:.4f}  "
             f"synced p50 {row['synced_p50_ms']:.4f} p99 {row['synced_p99_ms']:.4f}  top1 {agree}/{real.shape[0]}  "
@@ -308,7 +333,6 @@ def main() -> None:
         del run
         if DEVICE != "cpu":
             torch.cuda.empty_cache()
-    backend_rows = []
     for variant in [v for v in args.backend_timing.split(",") if v]:
         try:
             brow = backend_timing(args, variant)
@@ -316,25 +340,8 @@ def main() -> None:
             brow = {"variant": variant, "error": f"{type(exc).__name__}: {str(exc)[:1000]}"}
         print(f"backend {variant}: {brow}", flush=True)
         backend_rows.append(brow)
-    meta = {
-        "gpu": torch.cuda.get_device_name(0) if DEVICE != "cpu" else "cpu (dry run)",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if DEVICE != "cpu" else None,
-        "model": args.model,
-        "weights": args.weights,
-        "model_build_s": build_s,
-        "batch": args.batch,
-        "runs": args.runs,
-        "cudnn_benchmark": args.cudnn_benchmark,
-        "weight_bytes_fp16": weight_bytes_fp16,
-        "memory_floor_ms_fp16": weight_bytes_fp16 / HBM_BYTES_PER_S * 1000.0,
-        "accuracy_images": {"photos": args.images, "frames": args.frames, "count": int(real.shape[0])},
-        "results": results,
-        "backend_timing": backend_rows,
-    }
-    if args.out:
-        args.out.write_text(json.dumps(meta, indent=2))
+        save()
+    save()
 
 
 if __name__ == "__main__":
