@@ -75,7 +75,7 @@ class Case:
         parts = text.split("/")
         if len(parts) < 4 or parts[3] not in VARIANT_FLAGS:
             raise SystemExit(f"cold_start: case {text!r}: expected MODEL/BACKEND/PRECISION/VARIANT[/bN][/ENV=VALUE...]")
-        case = cls(*parts[:4])
+        case = cls(parts[0], parts[1], parts[2], parts[3])
         for extra in parts[4:]:
             if re.fullmatch(r"b\d+", extra):
                 case.batch = int(extra[1:])
@@ -133,13 +133,13 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             proc.kill()
             row["status"] = "timed out"
             break
-        for key, _ in sel.select(timeout=0.5):
-            data = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+        for ready, _ in sel.select(timeout=0.5):
+            data = os.read(ready.fileobj.fileno(), 65536)  # type: ignore[union-attr]
             if not data:
-                sel.unregister(key.fileobj)
+                sel.unregister(ready.fileobj)
                 open_streams -= 1
                 continue
-            if key.data == "out":
+            if ready.data == "out":
                 if first_line_s is None and b"\n" in data:
                     first_line_s = time.perf_counter() - t0
                 out_lines.append(data)
@@ -266,7 +266,7 @@ def first_use(model: str, precision: str, batch: int) -> dict[str, Any]:
     by_kind: dict[str, list[float]] = {}
     for name, seconds in layers:
         by_kind.setdefault(name, []).append(seconds)
-    kinds = sorted(({"layer": k, "calls": len(v), "first_call_s_total": sum(v)} for k, v in by_kind.items()), key=lambda r: -float(r["first_call_s_total"]))  # type: ignore[arg-type]
+    kinds = sorted(({"layer": k, "calls": len(v), "first_call_s_total": sum(v)} for k, v in by_kind.items()), key=lambda r: -float(r["first_call_s_total"]))
     return {"model": model, "precision": precision, "batch": batch, "depthwise": fp16_depthwise_choice(), "steps": steps, "layers_by_kind": kinds[:15]}
 
 

@@ -100,7 +100,7 @@ def kernel_profile(fn: Callable[[], object], runs: int = 50) -> list[dict[str, o
         if total <= 0 or evt.key.startswith(("cudaGraphLaunch", "cudaLaunch", "Memset")):
             continue
         rows.append({"name": evt.key, "us_per_call": total / runs, "calls_per_run": max(1, round(evt.count / runs))})
-    rows.sort(key=lambda r: -float(r["us_per_call"]))  # type: ignore[arg-type]
+    rows.sort(key=lambda r: -float(r["us_per_call"]))
     return rows
 
 
@@ -161,7 +161,7 @@ def build_variant(variant: str, base: torch.nn.Module, x32: torch.Tensor, args: 
     if fp16:
         module = module.half()
     if cl:
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        module = module.to(memory_format=torch.channels_last)
     if name.startswith("compile"):
         import torch._inductor.config as inductor_config
 
@@ -319,7 +319,7 @@ def main() -> None:
         }
         if variant in args.profile.split(",") and DEVICE != "cpu":
             row["kernels"] = kernel_profile(lambda: run(x))
-            row["kernel_us_sum"] = sum(float(k["us_per_call"]) for k in row["kernels"])  # type: ignore[arg-type]
+            row["kernel_us_sum"] = sum(float(k["us_per_call"]) for k in row["kernels"])
             for k in row["kernels"][:25]:
                 print(f"    {k['us_per_call']:8.2f} us x{k['calls_per_run']:<3d} {str(k['name'])[:110]}", flush=True)
         results.append(row)

@@ -130,13 +130,14 @@ class _Kernels:
     """The Triton kernels; imported only when a knob asks for Triton."""
 
     def __init__(self) -> None:
-        import triton
-        import triton.language as tl
+        import triton  # type: ignore[import-untyped]
+        import triton.language as tl  # type: ignore[import-untyped]
 
         self.triton = triton
 
         @triton.jit
-        def pool3s2_bias_relu(x_ptr, b_ptr, y_ptr, P, H, W, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        def pool3s2_bias_relu(  # type: ignore[no-untyped-def]
+            x_ptr, b_ptr, y_ptr, P, H, W, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
             pid_p = tl.program_id(0)
             pid_c = tl.program_id(1)
             p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -160,7 +161,8 @@ class _Kernels:
             tl.store(y_ptr + p[:, None] * C + c[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
         @triton.jit
-        def bias_relu_(x_ptr, b_ptr, TOTAL, C, BLOCK: tl.constexpr):
+        def bias_relu_(  # type: ignore[no-untyped-def]
+            x_ptr, b_ptr, TOTAL, C, BLOCK: tl.constexpr):
             i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
             m = i < TOTAL
             v = tl.load(x_ptr + i, mask=m, other=0.0).to(tl.float32)
@@ -174,7 +176,8 @@ class _Kernels:
 
         @triton.autotune(configs=configs, key=["N", "K"])
         @triton.jit
-        def gemv_bias_act(w_ptr, x_ptr, b_ptr, y_ptr, N, K, RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        def gemv_bias_act(  # type: ignore[no-untyped-def]
+            w_ptr, x_ptr, b_ptr, y_ptr, N, K, RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
             rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
             rm = rows < N
             acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
@@ -285,7 +288,7 @@ class FusedAlexNet:
             self.convs = [(dev(c.weight, cl), dev(c.bias)) for c in feats[1:]]  # type: ignore[arg-type]
             self.b1 = dev(feats[0].bias)  # type: ignore[arg-type]
             w6 = lins[0].weight.detach().view(4096, 256, 6, 6).permute(0, 2, 3, 1).reshape(4096, 9216)
-            self.fcs = [(dev(w6), dev(lins[0].bias))] + [(dev(m.weight), dev(m.bias)) for m in lins[1:]]  # type: ignore[arg-type]
+            self.fcs = [(dev(w6), dev(lins[0].bias))] + [(dev(m.weight), dev(m.bias)) for m in lins[1:]]
         if self.knobs.conv1 == "s2d":
             # NHWC blocks: (n, 56, 56, 3, 4, 4) = channels-last (n, 48, 56, 56)
             self._static = torch.zeros((batch, CROP // S2D, CROP // S2D, 3 * S2D * S2D), device=device, dtype=dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engines.backends.base import Backend, BackendOptions, resolve_device_name, restore_torch_threads
 from engines.backends.torch_tuning import fp16_depthwise_choice, use_native_depthwise
@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 class TorchBackend(Backend):
     """The reference backend: ``module(x)`` under ``torch.inference_mode``."""
+
+    _module: Any
+    """The network as it runs (``torch.nn.Module``, or what torch.compile made of it); unused when fused."""
 
     name = "torch"
     computes_with_torch = True
@@ -57,9 +60,8 @@ class TorchBackend(Backend):
 
             if self.spec.name != "alexnet":
                 raise ConfigError(f"torch backend: --fused rewrites alexnet only, not {self.spec.name}")
-            dtype = torch.float16 if self.precision == "fp16" else torch.float32
-            self._fused = FusedAlexNet(self.model.module, self.device, dtype, self.options.batch)
-            self._module = None  # type: ignore[assignment]
+            fused_dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            self._fused = FusedAlexNet(self.model.module, self.device, fused_dtype, self.options.batch)
             log.info("torch backend: fused network set up and captured in %.2f s", time.perf_counter() - t1)
             return
         # straight to the device in the precision it runs in (fp16: half the bytes to copy)
@@ -129,7 +131,7 @@ class TorchBackend(Backend):
     def _close_impl(self) -> None:
         self._graph = None
         self._fused = None
-        self._module = None  # type: ignore[assignment]
+        self._module = None
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             import torch

@@ -50,7 +50,7 @@ def _native_forward(self: "nn.Conv2d", x: "torch.Tensor") -> "torch.Tensor":
 
     from engines.efficientnet_lite import SameConv2d
 
-    padding = tuple(self.padding)  # type: ignore[arg-type]
+    padding = tuple(self.padding)
     if isinstance(self, SameConv2d):  # TensorFlow SAME padding, as SameConv2d.forward computes it
         ih, iw = int(x.shape[-2]), int(x.shape[-1])
         kh, kw = self.kernel_size
@@ -60,7 +60,7 @@ def _native_forward(self: "nn.Conv2d", x: "torch.Tensor") -> "torch.Tensor":
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         padding = (0, 0)
-    out: torch.Tensor = torch._C._nn._conv_depthwise2d(
+    out: torch.Tensor = torch._C._nn._conv_depthwise2d(  # type: ignore[attr-defined]
         x, self.weight, self.kernel_size, self.bias, self.stride, padding, self.dilation
     )
     return out
@@ -71,6 +71,6 @@ def use_native_depthwise(module: "nn.Module") -> int:
     count = 0
     for sub in module.modules():
         if is_depthwise(sub):
-            sub.forward = types.MethodType(_native_forward, sub)  # type: ignore[method-assign]
+            sub.forward = types.MethodType(_native_forward, sub)
             count += 1
     return count
