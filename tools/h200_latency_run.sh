@@ -18,15 +18,15 @@ FRAMES="--frames $MEDIA/bikes.mp4:12 --frames $MEDIA/carphone_pristine.mp4:8 --f
 log "perf_network alexnet"
 timeout 150 python3 tools/perf_network.py --model alexnet --weights random --runs 300 --warmup 50 \
   --images "$SAMPLES/images/*.jpg" $FRAMES \
-  --variants graph-fp32,graph-fp16,fused-fp16,fused-fp16:fc=cublas,fused-fp16:fc=cublaslt,fused-fp16:act=cudnn,fused-fp16:conv1=direct,fused-fp16:cudnn_benchmark=0,fused-fp16:pool=torch+act=torch+fc=cublas \
-  --profile graph-fp16,fused-fp16,fused-fp16:fc=cublas,fused-fp16:act=cudnn \
+  --variants ${NET_VARIANTS:-graph-fp32,graph-fp16,fused-fp16,fused-fp16:fc=cublas,fused-fp16:fc=cublaslt,fused-fp16:act=cudnn,fused-fp16:conv1=direct,fused-fp16:cudnn_benchmark=0,fused-fp16:pool=torch+act=torch+fc=cublas} \
+  --profile ${NET_PROFILE:-graph-fp16,fused-fp16,fused-fp16:fc=cublas,fused-fp16:act=cudnn} \
   --backend-timing cuda_graphs,fused --source "$MEDIA/bikes.mp4" --source-frames 100 --source-repeats 5 \
   --out "$OUT/net_alexnet.json" 2>&1 | grep -v "^    " 
 log "perf_network efficientnet_lite0 (accuracy, real weights)"
-timeout 60 python3 tools/perf_network.py --model efficientnet_lite0 --weights imagenet --runs 100 --warmup 20 \
+[[ -n ${SKIP_LITE0:-} ]] || timeout 60 python3 tools/perf_network.py --model efficientnet_lite0 --weights imagenet --runs 100 --warmup 20 \
   --images "$SAMPLES/images/*.jpg" $FRAMES --variants graph-fp16,eager-fp16 --out "$OUT/net_lite0.json" 2>&1 | grep -v "^    "
 log "first use"
-for spec in efficientnet_lite0/fp16/b8 efficientnet_lite0/fp16/b8@native alexnet/fp16/b1; do
+for spec in ${FIRST_USE:-efficientnet_lite0/fp16/b8 efficientnet_lite0/fp16/b8@native alexnet/fp16/b1}; do
   case_spec=${spec%@*}; dw=cudnn; [[ $spec == *@native ]] && dw=native
   STREAMER_TORCH_DEPTHWISE=$dw timeout 40 python3 tools/cold_start.py --first-use "$case_spec" >> "$OUT/first_use.jsonl" 2>> "$OUT/first_use.err"
 done
