@@ -156,8 +156,10 @@ def test_native_depthwise_route_keeps_the_outputs(monkeypatch: pytest.MonkeyPatc
 
 
 def test_depthwise_switch_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DEPTHWISE_ENV, "native")
+    monkeypatch.delenv(DEPTHWISE_ENV, raising=False)
     assert fp16_depthwise_choice() == "native"
+    monkeypatch.setenv(DEPTHWISE_ENV, "cudnn")
+    assert fp16_depthwise_choice() == "cudnn"
     monkeypatch.setenv(DEPTHWISE_ENV, "fast")
     with pytest.raises(ConfigError, match=DEPTHWISE_ENV):
         fp16_depthwise_choice()

@@ -2,9 +2,12 @@
 
 ``fp16_depthwise``: PyTorch sends fp16 depthwise convolutions to cuDNN (fp32 ones go to its own
 native kernel, ``_conv_depthwise2d``); a fresh process then spends its first fp16 frame finding a
-cuDNN plan for each depthwise shape.  ``native`` routes fp16 depthwise convolutions to the native
-kernel, as fp32 already is.  Chosen with ``STREAMER_TORCH_DEPTHWISE=cudnn|native`` (a measurement
-switch, see tools/cold_start.py; an unknown value is an error).
+cuDNN plan for each depthwise shape.  ``native`` (the default) routes fp16 depthwise convolutions
+to the native kernel, as fp32 already is.  Measured on the H200 (docs/benchmarks/h200-latency/):
+efficientnet_lite0's first fp16 forward at batch 8 took 2.92 s with cuDNN and 0.30 s native (the
+second 8.3 and 4.3 ms), and ``streamer run`` in a fresh process labelled its first frame after
+8.14 s instead of 5.00 s (fp16, eager, batch 1).  ``STREAMER_TORCH_DEPTHWISE=cudnn`` gives cuDNN
+back (a measurement switch, see tools/cold_start.py; an unknown value is an error).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
 DepthwiseChoice = Literal["cudnn", "native"]
 DEPTHWISE_ENV = "STREAMER_TORCH_DEPTHWISE"
-DEFAULT_DEPTHWISE: DepthwiseChoice = "cudnn"
+DEFAULT_DEPTHWISE: DepthwiseChoice = "native"
 
 
 def fp16_depthwise_choice() -> DepthwiseChoice:
