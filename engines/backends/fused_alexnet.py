@@ -1,4 +1,4 @@
-"""AlexNet rebuilt for batch-1 latency on a GPU: one CUDA graph of about fifteen kernels.
+"""AlexNet rebuilt for batch-1 latency on a GPU: one CUDA graph of fourteen kernels.
 
 torchvision's AlexNet, replayed as a CUDA graph, runs about forty kernels at batch 1
 (docs/PERFORMANCE.md, target 1): cuDNN turns every activation from NCHW to NHWC and
