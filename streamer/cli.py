@@ -141,6 +141,12 @@ def add_model_arguments(
     parser.add_argument("--threads", type=_thread_count, default=None, help=f"CPU threads for CPU backends (1 to {max_threads()})")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
     parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
+    if not multi:
+        parser.add_argument(
+            "--fused",
+            action="store_true",
+            help="torch on CUDA, alexnet: the hand-fused network (NHWC cuDNN convolutions, Triton pooling and GEMV) as one CUDA graph",
+        )
 
 
 RUN_EXAMPLES = """examples:
@@ -344,6 +350,7 @@ def backend_options_from_args(args: argparse.Namespace, precision: str | None = 
         calib_dir=args.calib,
         cuda_graphs=args.cuda_graphs,
         channels_last=args.channels_last,
+        fused=getattr(args, "fused", False),
         threads=args.threads,
     )
 

@@ -78,7 +78,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction[Any]) -> None:
         nargs="?",
         const=",".join(DEFAULT_VARIANTS),
         default=None,
-        help="add torch rows with these options: cuda_graphs, channels_last, cuda_graphs+channels_last "
+        help="add torch rows with these options: cuda_graphs, channels_last, cuda_graphs+channels_last, fused (alexnet on CUDA) "
         f"(bare --variants: {','.join(DEFAULT_VARIANTS)})",
     )
     p.add_argument("--decode-encode-baseline", action="store_true", help="also measure decode-only and encode-only FPS of the source")
