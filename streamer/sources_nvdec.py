@@ -78,6 +78,7 @@ class NvdecVideoSource(Source):
     def _open_impl(self) -> None:
         from streamer.gpu_frames import DeviceCopier
 
+        self.close()  # a second open starts a fresh decoder
         nvc = self._nvc
         gpu_id = int(self.device.split(":")[1])
         self._copier = DeviceCopier(self.device)
