@@ -78,7 +78,9 @@ class SourceOptions:
     decoder: str = "auto"
     """Video files: ``auto`` (GStreamer's hardware decoder where ``nvv4l2decoder`` exists, else
     FFmpeg), ``ffmpeg``, ``gstreamer`` (the hardware decoder if present, else ``decodebin``), or
-    ``nvdec`` (NVIDIA's decoder through PyNvVideoCodec, frames left on the GPU: ``pip install .[nvdec]``)."""
+    ``nvdec`` (NVIDIA's decoder through PyNvVideoCodec, frames left on the GPU: ``pip install .[nvdec]``).
+    ``auto`` never picks NVDEC: one NVDEC session was not faster than FFmpeg on the H200 machine except for
+    1080p without a video output (docs/benchmarks/h200-nvdec)."""
     device: str | None = None
     """Where the model will run (``cuda:N`` or ``cpu``; None: not said).  On a CUDA device, folders of
     JPEGs are decoded on it in batches (:class:`streamer.gpu_frames.GpuJpegFolderSource`) and
