@@ -105,8 +105,23 @@ class PinnedStaging:
         return gpu
 
 
+def _device_frame(frame: "torch.Tensor", target: "torch.device") -> "torch.Tensor":
+    """A frame that is a tensor already (``Frame.device_image``: (H, W, 3) uint8 BGR, usually on the GPU),
+    on ``target``: no host round trip when it is there already."""
+    import torch
+
+    if frame.dtype != torch.uint8 or frame.ndim != 3 or int(frame.shape[2]) != 3:
+        raise ConfigError(f"preprocess: a frame tensor must be (H, W, 3) uint8 BGR, got {tuple(frame.shape)} {frame.dtype}")
+    if frame.device.type == "cuda" and target.type == "cuda" and frame.device == target:
+        # Made on another thread's stream (a decoder's): the caching allocator must not hand its
+        # memory out again before this stream's reads of it are done.
+        frame.record_stream(torch.cuda.current_stream(target))
+        return frame
+    return frame.to(target, non_blocking=frame.device.type == "cuda")
+
+
 def preprocess(
-    frames: Sequence[np.ndarray],
+    frames: "Sequence[np.ndarray | torch.Tensor]",
     spec: PreprocessSpec,
     device: "torch.device | str" = "cpu",
     dtype: "torch.dtype | None" = None,
@@ -114,8 +129,10 @@ def preprocess(
 ) -> "torch.Tensor":
     """Turn BGR uint8 frames into a normalised NCHW batch on ``device``.
 
-    Frames of one size go through as one batch (one upload, one resize);
-    frames of different sizes are processed one by one and stacked.
+    A frame is a host ndarray (HxWx3, OpenCV's layout) or a tensor of that layout already on a
+    device (a GPU decoder's output, see :mod:`streamer.gpu_frames`), which is used where it is,
+    without a copy through the host.  Frames of one size go through as one batch (one upload,
+    one resize); frames of different sizes are processed one by one and stacked.
     """
     import torch
 
@@ -123,7 +140,12 @@ def preprocess(
         raise ConfigError("preprocess: no frames given")
     target = torch.device(device)
     out_dtype = dtype if dtype is not None else torch.float32
-    arrays = [_to_uint8_bgr(f) for f in frames]
+    if any(isinstance(f, torch.Tensor) for f in frames):
+        tensors = [_device_frame(f, target) if isinstance(f, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(_to_uint8_bgr(f))).to(target) for f in frames]
+        if all(t.shape == tensors[0].shape for t in tensors):
+            return _preprocess_uint8(torch.stack(tensors), spec, out_dtype)
+        return torch.cat([_preprocess_uint8(t.unsqueeze(0), spec, out_dtype) for t in tensors])
+    arrays = [_to_uint8_bgr(f) for f in frames]  # type: ignore[arg-type]
     groups: list[list[np.ndarray]]
     if all(a.shape == arrays[0].shape for a in arrays):
         groups = [arrays]

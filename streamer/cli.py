@@ -190,7 +190,7 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline ending in appsink (needs OpenCV with GStreamer)")
     outputs.add_argument("--gst-output", action="store_true", help="-o is a GStreamer pipeline starting with appsrc (needs OpenCV with GStreamer)")
     p.add_argument("--lossless", action="store_true", help="read a live GStreamer pipeline like a file: every frame, no reconnect")
-    p.add_argument("--decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, or gstreamer (default: auto)")
+    p.add_argument("--decoder", "--decode", dest="decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer", "nvdec"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, gstreamer, or nvdec (NVIDIA's GPU decoder through PyNvVideoCodec, frames kept on the GPU: pip install 'streamer[nvdec]') (default: auto)")
     p.add_argument("--input-width", type=_positive_int, default=None, metavar="W", help="cameras and csi://N: capture width to ask for")
     p.add_argument("--input-height", type=_positive_int, default=None, metavar="H", help="cameras and csi://N: capture height to ask for")
     p.add_argument("--input-fps", type=_positive_float, default=None, metavar="FPS", help="cameras and csi://N: capture frame rate to ask for")
@@ -423,6 +423,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fps=args.input_fps,
         lossless=args.lossless,
         decoder=args.decoder,
+        device=resolve_device_name(options.device),  # a model on a GPU gets frames decoded there (JPEG folders, nvdec)
     )
     with contextlib.ExitStack() as until_the_pipeline_owns_it:
         source = open_source(args.source, source_options)

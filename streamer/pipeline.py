@@ -39,6 +39,7 @@ from typing import Sequence
 from engines.backends.base import Prediction
 from engines.errors import ConfigError, ModelHung, PipelineError, SourceError, SourceLost, SourceTimeout, StreamerError
 from streamer import queues
+from streamer.gpu_frames import frame_pixels
 from streamer.inference import BatchResult, InferenceWorker, LoadInfo, Recipe
 from streamer.overlay import Annotator, LabelAnnotator, Result, StatsAnnotator
 from streamer.queues import EOS, EndOfStream, LatestSlot
@@ -345,7 +346,7 @@ class Pipeline:
                 frames = self._next_batch()
                 if frames is None:
                     break
-                result = self._wait(self.worker.submit([f.image for f in frames]))
+                result = self._wait(self.worker.submit([frame_pixels(f) for f in frames]))
                 if not isinstance(result, BatchResult):
                     return
                 n = len(frames)
