@@ -250,12 +250,13 @@ class MultiRun:
     every pipeline so each finalises its own outputs.  The worker is closed at the end.
     """
 
-    def __init__(self, streams: list[Stream], worker: "InferenceWorker", join_timeout_s: float = 2.0) -> None:
+    def __init__(self, streams: list[Stream], worker: "InferenceWorker", join_timeout_s: float = 2.0, close_worker: bool = True) -> None:
         self.streams = streams
         self.worker = worker
         self.join_timeout_s = join_timeout_s
+        self.close_worker = close_worker
+        """False: the worker outlives the run (the bench runs several on one)."""
         self.interrupted = False
-        self.on_stream_end: "list[object]" = []
 
     def _run_one(self, stream: Stream) -> None:
         assert stream.pipeline is not None
@@ -291,6 +292,8 @@ class MultiRun:
     def run(self) -> MultiResult:
         start = time.perf_counter()
         running = [s for s in self.streams if s.pipeline is not None]
+        error: BaseException | None = None
+        batches0 = self.worker.batches_done
         try:
             self.worker.start()
             for stream in running:
@@ -305,11 +308,12 @@ class MultiRun:
                     self.interrupt()  # each stream finalises what it labelled; keep waiting for them
             error = self.load_error()
         finally:
-            self.worker.close(timeout=self.join_timeout_s)
+            if self.close_worker:
+                self.worker.close(timeout=self.join_timeout_s)
         if error is not None:
             raise error if isinstance(error, StreamerError) else _model_error(error)
         frames = sum(s.summary.frames_out for s in running if s.summary is not None)
-        return MultiResult(self.streams, time.perf_counter() - start, self.worker.batches_done, frames, self.interrupted)
+        return MultiResult(self.streams, time.perf_counter() - start, self.worker.batches_done - batches0, frames, self.interrupted)
 
 
 def _model_error(exc: BaseException) -> StreamerError:
