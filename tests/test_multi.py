@@ -267,3 +267,40 @@ def test_bench_streams_smoke_on_cpu(tmp_path: Path, short_clip: Path) -> None:
         assert p["realtime"] == (not p["failed"])
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "## Several streams" in markdown and "Largest real-time N" in markdown
+
+
+# -- the pinned upload buffer under batches of every size ------------------------------------------------------
+def test_pinned_staging_grows_to_the_largest_batch_and_reuses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 1..48 frames (several streams batched together) pin one buffer per frame shape a few
+    times (powers of two), not once per batch size; each upload carries exactly its frames.
+    Pinning and CUDA events are stood in for on the CPU; the copy logic is the real one."""
+    import numpy as np
+    import torch
+
+    from engines.preprocess import PinnedStaging
+
+    pinned: list[tuple[int, ...]] = []
+
+    def pin(self: torch.Tensor) -> torch.Tensor:
+        pinned.append(tuple(self.shape))
+        return self
+
+    class Event:
+        def record(self, stream: object) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            pass
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    staging = PinnedStaging()
+    rng = np.random.default_rng(0)
+    for n in [1, 3, 2, 16, 5, 48, 1, 33, 64, 7]:
+        frames = [rng.integers(0, 255, (18, 32, 3), dtype=np.uint8) for _ in range(n)]
+        out = staging.upload(frames, torch.device("cpu"))
+        assert tuple(out.shape) == (n, 18, 32, 3)
+        assert np.array_equal(out.numpy(), np.stack(frames))
+    assert pinned == [(1, 18, 32, 3), (4, 18, 32, 3), (16, 18, 32, 3), (64, 18, 32, 3)]
+    assert [PinnedStaging.capacity(n) for n in (1, 2, 3, 8, 9, 48)] == [1, 2, 4, 8, 16, 64]
