@@ -67,6 +67,10 @@ class StreamsPoint(JsonRecord):
     """Frames per model batch (one process: across streams)."""
     ready_spread_s: float | None = None
     """N processes: how far apart their models became ready (they overlap for the rest)."""
+    worker_busy: float | None = None
+    """One process: share of the run's wall time the one shared inference worker spent in batches (1.0: it bounds the run)."""
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    """Mean ms per frame of each stage over the streams (decode, preprocess, inference, render)."""
     realtime: bool = False
     failed: list[str] = field(default_factory=list)
     """Why a stream failed or what was not real-time."""
@@ -121,8 +125,8 @@ class StreamsReport(JsonRecord):
                 f"Largest real-time N: one process **{one if one is not None else 'none'}**"
                 + (f", N processes **{many if many is not None else 'none'}**" if any(p.mode == "N processes" for p in case.points) else ""),
                 "",
-                "| mode | N | ok | FPS per stream min / mean | dropped | p50 / p99 ms | mean batch | real-time | notes |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| mode | N | ok | FPS per stream min / mean | dropped | p50 / p99 ms | mean batch | worker busy | decode / preprocess / render ms | real-time | notes |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for p in case.points:
                 fps = f"{_f(p.fps_min)} / {_f(p.fps_mean)}"
@@ -130,9 +134,11 @@ class StreamsReport(JsonRecord):
                 notes = "; ".join(p.failed[:3]) + (f" (+{len(p.failed) - 3} more)" if len(p.failed) > 3 else "")
                 if p.ready_spread_s is not None:
                     notes = (notes + "; " if notes else "") + f"models ready over {p.ready_spread_s:.1f} s"
+                busy = f"{p.worker_busy:.0%}" if p.worker_busy is not None else "--"
+                stages = " / ".join(f"{p.stage_ms[k]:.2f}" if k in p.stage_ms else "--" for k in ("decode", "preprocess", "render"))
                 lines.append(
-                    f"| {p.mode} | {p.streams} | {p.ok_streams} | {fps} | {p.dropped} | {lat} | {_f(p.mean_batch)} | "
-                    f"{'yes' if p.realtime else 'no'} | {notes} |"
+                    f"| {p.mode} | {p.streams} | {p.ok_streams} | {fps} | {p.dropped} | {lat} | {_f(p.mean_batch)} | {busy} | "
+                    f"{stages if p.stage_ms else '--'} | {'yes' if p.realtime else 'no'} | {notes} |"
                 )
             lines.append("")
         return "\n".join(lines)
@@ -215,7 +221,14 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
             if s.source is not None:
                 s.source.close()
         raise
+    before = _busy_s(worker)
     result = MultiRun(streams, worker, close_worker=False).run()
+    busy = (_busy_s(worker) - before) / result.elapsed_s if result.elapsed_s > 0 else None
+    stage_ms: dict[str, float] = {}
+    for stage in ("decode", "preprocess", "inference", "render"):
+        means = [s.summary.stages[stage]["mean_ms"] for s in streams if s.summary is not None and stage in s.summary.stages]
+        if means:
+            stage_ms[stage] = round(sum(means) / len(means), 3)
     rows = []
     for s in result.streams:
         summ = s.summary
@@ -231,10 +244,18 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
                 "p99": lat.p99_ms if lat else None,
             }
         )
-    return _point("one process", n, rows, source_fps, mean_batch=result.mean_batch)
+    return _point("one process", n, rows, source_fps, mean_batch=result.mean_batch, worker_busy=busy, stage_ms=stage_ms)
 
 
-def _point(mode: str, n: int, rows: list[dict[str, Any]], source_fps: float, mean_batch: float | None = None, ready_spread_s: float | None = None) -> StreamsPoint:
+def _busy_s(worker: Any) -> float:
+    """Seconds the worker has spent in batches (preprocess, network, top-k), over its life."""
+    return sum(float(h.mean or 0.0) * h.count for h in worker.times.snapshot().values())
+
+
+def _point(
+    mode: str, n: int, rows: list[dict[str, Any]], source_fps: float, mean_batch: float | None = None,
+    ready_spread_s: float | None = None, worker_busy: float | None = None, stage_ms: dict[str, float] | None = None,
+) -> StreamsPoint:  # fmt: skip
     interval_ms = 1000.0 / source_fps
     ok = [r for r in rows if not r["error"]]
     fps = [r["fps"] for r in ok if r["fps"] is not None]
@@ -255,7 +276,7 @@ def _point(mode: str, n: int, rows: list[dict[str, Any]], source_fps: float, mea
         mode=mode, streams=n, ok_streams=len(ok), frames_out=sum(int(r["out"]) for r in rows), dropped=dropped,
         fps_min=slowest, fps_mean=sum(fps) / len(fps) if fps else None, p99_ms=worst_p99,
         p50_ms=sorted(p50)[len(p50) // 2] if p50 else None, mean_batch=mean_batch, ready_spread_s=ready_spread_s,
-        realtime=realtime, failed=notes,
+        worker_busy=worker_busy, stage_ms=dict(stage_ms or {}), realtime=realtime, failed=notes,
     )  # fmt: skip
 
 
@@ -456,7 +477,7 @@ def _warm_up(worker: Any, width: int, height: int, max_batch: int) -> None:
 def _line(p: StreamsPoint) -> str:
     return (
         f"  {p.mode} N={p.streams}: ok {p.ok_streams}, FPS min {_f(p.fps_min)}, dropped {p.dropped}, "
-        f"p99 {_f(p.p99_ms)} ms, batch {_f(p.mean_batch)}, {'real-time' if p.realtime else 'NOT real-time: ' + '; '.join(p.failed[:2])}"
+        f"p99 {_f(p.p99_ms)} ms, batch {_f(p.mean_batch)}, worker busy {_f(None if p.worker_busy is None else 100 * p.worker_busy)} %, {'real-time' if p.realtime else 'NOT real-time: ' + '; '.join(p.failed[:2])}"
     )
 
 
