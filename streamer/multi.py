@@ -108,8 +108,8 @@ def base_name(source: str, gst: bool = False) -> str:
             port = parts.port
         except ValueError:
             host, port = "", None
-        path = [p for p in parts.path.split("/") if p] if host else []
-        last = Path(path[-1]).stem if path else ""
+        segments = [p for p in parts.path.split("/") if p] if host else []
+        last = Path(segments[-1]).stem if segments else ""
         # The host (and a port other than the scheme's usual one) and the last path part; never credentials or a query.
         pieces = [host.replace(".", "-")] + ([str(port)] if port and port not in (80, 443, 554) else []) + ([last] if last else [])
         return _safe("-".join(p for p in pieces if p)) or "stream"

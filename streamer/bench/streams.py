@@ -449,9 +449,9 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
                             write_report(StreamsCase(model, weights_text, backend, precision, device, info.description, points))
                     finally:
                         worker.close(timeout=5.0)
-                    case = {"model": model, "weights": weights_text, "backend": backend, "precision": precision, "device": device}
+                    choice = {"model": model, "weights": weights_text, "backend": backend, "precision": precision, "device": device}
                     for n in process_counts:
-                        point = run_processes(clip, n, case, frames, fps, workdir)
+                        point = run_processes(clip, n, choice, frames, fps, workdir)
                         points.append(point)
                         _progress(args, _line(point))
                         write_report(StreamsCase(model, weights_text, backend, precision, device, info.description, points))
