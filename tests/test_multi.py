@@ -304,3 +304,44 @@ def test_pinned_staging_grows_to_the_largest_batch_and_reuses_it(monkeypatch: py
         assert np.array_equal(out.numpy(), np.stack(frames))
     assert pinned == [(1, 18, 32, 3), (4, 18, 32, 3), (16, 18, 32, 3), (64, 18, 32, 3)]
     assert [PinnedStaging.capacity(n) for n in (1, 2, 3, 8, 9, 48)] == [1, 2, 4, 8, 16, 64]
+
+
+# -- the live view of several streams, in process -------------------------------------------------------------
+def test_hub_routes_tokens_and_stops_with_its_last_stream() -> None:
+    import io
+    import urllib.error
+
+    import cv2
+
+    from streamer.sinks.http import HttpAddress, HttpHub
+
+    hub = HttpHub(HttpAddress("127.0.0.1", 0), ["cam0", "bikes"], token="secret-token", announce=io.StringIO())
+    views = [hub.view("cam0"), hub.view("bikes")]
+    try:
+        for view in views:
+            view.open((320, 180), 25.0)
+        photo = cv2.resize(cv2.imread(str(SAMPLE_IMAGES / "cat.jpg")), (320, 180))
+        views[0].write(photo, "x")
+        base = f"http://127.0.0.1:{hub.port}"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(base + "/", timeout=10)
+        assert denied.value.code == 403
+        with urllib.request.urlopen(base + "/?token=secret-token", timeout=10) as response:
+            page = response.read().decode()
+        assert 'data-streams="2"' in page and "cam0" in page and "bikes" in page
+        with urllib.request.urlopen(base + "/streams.json?token=secret-token", timeout=10) as response:
+            assert [s["name"] for s in json.loads(response.read())["streams"]] == ["cam0", "bikes"]
+        assert _first_jpeg(base + "/s/cam0/stream.mjpg?token=secret-token", timeout=30).startswith(b"\xff\xd8")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/s/nope/?token=secret-token", timeout=10)
+        assert missing.value.code == 404
+        with urllib.request.urlopen(base + "/s/bikes?token=secret-token", timeout=10) as response:  # redirected to /s/bikes/
+            assert response.url.endswith("/s/bikes/?token=secret-token") and "stream.mjpg" in response.read().decode()
+        views[0].finalize()  # one stream ended: the others are still served
+        assert not hub.stopping
+        with urllib.request.urlopen(base + "/streams.json?token=secret-token", timeout=10) as response:
+            assert [s["live"] for s in json.loads(response.read())["streams"]] == [False, True]
+        views[1].events.finalize()
+        assert hub.stopping  # the last one: the server is gone
+    finally:
+        hub.stop()
