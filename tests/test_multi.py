@@ -320,7 +320,9 @@ def test_hub_routes_tokens_and_stops_with_its_last_stream() -> None:
     try:
         for view in views:
             view.open((320, 180), 25.0)
-        photo = cv2.resize(cv2.imread(str(SAMPLE_IMAGES / "cat.jpg")), (320, 180))
+        image = cv2.imread(str(SAMPLE_IMAGES / "cat.jpg"))
+        assert image is not None
+        photo = cv2.resize(image, (320, 180))
         views[0].write(photo, "x")
         base = f"http://127.0.0.1:{hub.port}"
         with pytest.raises(urllib.error.HTTPError) as denied:
