@@ -403,6 +403,9 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
                 f"-o {output}: with several sources -o is a folder (each stream writes OUTDIR/NAME{video_extension(args.codec)}) "
                 "or a live view (http://HOST:PORT/)"
             )
+    folders_given = [str(Path(o).expanduser().resolve()) for o in args.output or [] if not _looks_http(o)]
+    if len(set(folders_given)) < len(folders_given):
+        raise ConfigError("-o: the same folder given twice; each output needs its own path")
     predictions = args.predictions
     if predictions is not None and str(predictions) != "-" and not _is_folder_output(str(predictions)):
         raise ConfigError(f"--predictions {predictions}: with several sources give a folder (each stream writes DIR/NAME.jsonl) or '-'")

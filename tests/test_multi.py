@@ -142,6 +142,7 @@ def test_every_source_failing_is_an_error_and_no_output(tmp_path: Path) -> None:
         (["--predictions", "p.jsonl"], "with several sources give a folder"),
         (["--show"], "--show takes one source"),
         (["-o", "http://127.0.0.1:0/", "-o", "http://127.0.0.1:1/"], "one live view"),
+        (["-o", "out/", "-o", "./out"], "the same folder given twice"),
     ],
 )
 def test_outputs_that_do_not_fit_several_sources_are_one_line(tmp_path: Path, short_clip: Path, extra: list[str], words: str) -> None:
