@@ -348,3 +348,49 @@ def test_hub_routes_tokens_and_stops_with_its_last_stream() -> None:
         assert hub.stopping  # the last one: the server is gone
     finally:
         hub.stop()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium is not installed")
+def test_chromium_shows_every_stream_on_the_page_with_the_token() -> None:
+    """A real browser: the page's images load each stream's MJPEG, the token passed on from the page's address."""
+    import io
+
+    import cv2
+
+    from streamer.sinks.http import HttpAddress, HttpHub
+    from test_http_view import Chromium
+
+    hub = HttpHub(HttpAddress("127.0.0.1", 0), ["cam0", "bikes"], token="tok", announce=io.StringIO())
+    sizes = {"cam0": (320, 180), "bikes": (256, 144)}
+    image = cv2.imread(str(SAMPLE_IMAGES / "cat.jpg"))
+    assert image is not None
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            for name, size in sizes.items():
+                hub.view(name).write(cv2.resize(image, size), "x")
+            time.sleep(0.04)
+
+    for name, size in sizes.items():
+        hub.view(name).open(size, 25.0)
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    chromium = Chromium()
+    try:
+        session = chromium.open(f"http://127.0.0.1:{hub.port}/?token=tok")
+        widths: object = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            widths = chromium.evaluate(session, "JSON.stringify([...document.images].map(i => [i.alt, i.naturalWidth]))")
+            if widths == json.dumps([["cam0", 320], ["bikes", 256]], separators=(",", ":")):
+                break
+            time.sleep(0.3)
+        assert widths == json.dumps([["cam0", 320], ["bikes", 256]], separators=(",", ":"))
+        links = chromium.evaluate(session, "JSON.stringify([...document.querySelectorAll('a.page')].map(a => a.getAttribute('href')))")
+        assert links == json.dumps(["s/cam0/?token=tok", "s/bikes/?token=tok"], separators=(",", ":"))
+    finally:
+        chromium.close()
+        stop.set()
+        feeder.join(5)
+        hub.stop()
