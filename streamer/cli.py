@@ -324,12 +324,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.backends import choose_auto_backend, create_backend
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
+    from streamer.multi import cmd_run_multi, is_multi
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import NullSink, display_available, make_sink
     from streamer.sinks.terminal import TerminalLabels
     from streamer.sources import SourceOptions, open_source
-
-    from streamer.multi import cmd_run_multi, is_multi
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")

@@ -24,6 +24,7 @@ itself (no re-encoding), so every stream replays the same real H.264.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -362,7 +363,7 @@ def parse_counts(text: str, flag: str) -> list[int]:
         if not part.isdigit() or int(part) < 0:
             raise ConfigError(f"{flag}: expected stream counts like 1,8,16, got {text!r}")
         values.append(int(part))
-    return sorted(set(v for v in values if v > 0))
+    return sorted({v for v in values if v > 0})
 
 
 def cmd_bench_streams(args: "argparse.Namespace") -> int:
@@ -434,7 +435,7 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
                     max_batch = min(64, max(counts))
                     options = replace(backend_options_from_args(args, precision=precision, batch=max_batch), device=device)
                     worker = InferenceWorker(
-                        lambda: create_backend(backend, spec, weights, options), 1,
+                        functools.partial(create_backend, backend, spec, weights, options), 1,
                         max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0,
                     )  # fmt: skip
                     points: list[StreamsPoint] = []
