@@ -248,6 +248,35 @@ def test_live_camera_and_file_on_one_page_then_sigterm_finalises_both(tmp_path: 
     assert "interrupted" in stdout or "interrupted" in "".join(lines)
 
 
+
+def test_a_camera_lost_mid_run_ends_only_its_stream(tmp_path: Path, clip_factory: Callable[..., Path]) -> None:
+    """The camera dies while a file is still being labelled: one line names the camera's stream, the file
+    is labelled to its last frame, the camera's recording up to the loss is kept, and the exit is non-zero."""
+    clip = clip_factory("thirty.mp4", 30)
+    with MjpegCamera(sample_frames(20, (320, 180)), fps=25, max_frames=6000, max_seconds=120) as cam:
+        process = subprocess.Popen(
+            streamer_cmd("run", cam.url, clip, "-o", "out/", "--predictions", "out/", "--reconnect", "1", "--batch", "1", *MODEL_ARGS),
+            cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert cam.wait_for_frames(10, timeout=120), "the camera was never read"
+            cam.kill()
+            stdout, stderr = process.communicate(timeout=600)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    camera = "127-0-0-1-" + str(cam.port) + "-stream"
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 2 and errors[0].startswith(f"streamer: error: stream {camera}: "), stderr
+    assert errors[1] == f"streamer: error: 1 of 2 streams failed: {camera}"
+    out = tmp_path / "out"
+    assert count_frames(out / "thirty.mp4") == 30 and len(_records(out / "thirty.jsonl")) == 30
+    kept = count_frames(out / f"{camera}.mp4")
+    assert kept > 0 and kept == len(_records(out / f"{camera}.jsonl"))
+
 # -- bench --streams ----------------------------------------------------------------------------------------
 def test_bench_streams_smoke_on_cpu(tmp_path: Path, short_clip: Path) -> None:
     result = run_cli(
