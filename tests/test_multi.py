@@ -261,7 +261,7 @@ def test_a_camera_lost_mid_run_ends_only_its_stream(tmp_path: Path, clip_factory
         try:
             assert cam.wait_for_frames(10, timeout=120), "the camera was never read"
             cam.kill()
-            stdout, stderr = process.communicate(timeout=600)
+            _stdout, stderr = process.communicate(timeout=600)
         finally:
             if process.poll() is None:
                 process.kill()
