@@ -156,6 +156,8 @@ RUN_EXAMPLES = """examples:
   streamer run rtsp://camera/stream --headless --predictions x.jsonl   a network camera, no window
   streamer run clip.mp4 --realtime --show --no-stats             replay at the file's rate, labels only
   streamer run clip.mp4 -o out.mp4 -b tensorrt -p fp16 --batch 8   a GPU, half precision, batches of 8
+  streamer run a.mp4 b.mp4 0 -o out/ --predictions out/          several streams, one model: out/a.mp4, out/b.mp4, out/cam0.mp4
+  streamer run --sources cameras.txt -o http://127.0.0.1:8080/   one page listing every stream
 """
 
 
@@ -174,7 +176,7 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     model = parser.add_argument_group("model")
     performance = parser.add_argument_group("performance")
     p = inputs
-    p.add_argument("source", help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
+    p.add_argument("source", nargs="?", default=None, help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
     p = outputs
     p.add_argument("-o", "--output", action="append", default=None, metavar="OUTPUT", help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), a pipeline (--gst-output), or serve a live view (http://HOST:PORT/); repeat for several at once")
     p.add_argument("--token", default=None, help="access token of the live view (default: none on loopback, else generated and printed)")
@@ -207,6 +209,9 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--no-labels", action="store_true", help="do not draw the labels on the frames")
     p.add_argument("--no-stats", action="store_true", help="do not draw the FPS / latency / model band on the frames")
     add_model_arguments(model, performance=performance, remote=True)
+    from streamer.multi import add_multi_arguments
+
+    add_multi_arguments(inputs, performance)  # several sources in one run
     parser.set_defaults(func=cmd_run)
 
 
@@ -389,6 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.backends import choose_auto_backend, create_backend
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
+    from streamer.multi import cmd_run_multi, is_multi
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import NullSink, display_available, make_sink
     from streamer.sinks.terminal import TerminalLabels
@@ -396,6 +402,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")
+    if is_multi(args):
+        return cmd_run_multi(args)
+    if args.source is None:
+        raise ConfigError("streamer run needs a SOURCE (or several, or --sources FILE)")
     if args.show and not display_available():
         raise ConfigError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set, or OpenCV has no GUI); use -o or --headless")
     _check_distinct_outputs(args)

@@ -112,3 +112,29 @@ class StatsAnnotator:
             lines.insert(0, (result.warning, self.warning_colour))
         _draw_lines(image, lines, bottom=True)
         return image
+
+
+class StreamNameAnnotator:
+    """The stream's name, top-right: which camera or file this frame is from (several streams in one run)."""
+
+    def __init__(self, name: str, colour: Colour = (255, 220, 120)) -> None:
+        self.name = name
+        self.colour = colour
+
+    def annotate(self, image: np.ndarray, result: Result) -> np.ndarray:
+        import cv2
+
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        scale, thickness = _text_scale(image)
+        h, w = image.shape[:2]
+        (tw, th), base = cv2.getTextSize(self.name, font, scale, thickness)
+        if tw + 12 > w:  # a long name on a small frame: shrink it to fit
+            scale *= max(0.1, (w - 12) / max(tw, 1))
+            thickness = max(1, int(round(scale * 2)))
+            (tw, th), base = cv2.getTextSize(self.name, font, scale, thickness)
+        band_h = min(h, th + base + int(8 * scale) + 6)
+        x0 = max(0, w - tw - 14)
+        roi = image[0:band_h, x0:w]
+        roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)
+        cv2.putText(image, self.name, (x0 + 7, band_h - base - 3), font, scale, self.colour, thickness, cv2.LINE_AA)
+        return image

@@ -210,6 +210,7 @@ class Pipeline:
         self.latency = Histogram()
         """Capture (or model ready, if later) to render, seconds, of every frame rendered (bounded)."""
         self._ready = threading.Event()
+        self._interrupt = threading.Event()
         self._ready_at: float | None = None
         """perf_counter when the model was ready for this run (set once by the batcher thread)."""
         self.summary = RunSummary()
@@ -367,6 +368,8 @@ class Pipeline:
         while True:
             if self._errors:
                 return
+            if self._interrupt.is_set():
+                raise KeyboardInterrupt
             try:
                 item = self._q_out.get(timeout=_SLICE)
             except queue.Empty:
@@ -405,6 +408,11 @@ class Pipeline:
                 break
 
     # -- driver --------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Stop as Ctrl-C does, from any thread: the render loop (on whichever thread runs :meth:`run`)
+        raises ``KeyboardInterrupt`` at its next frame, so the outputs are finalised (several streams)."""
+        self._interrupt.set()
+
     def run(self) -> RunSummary:
         """Run to the end of the source, an error, the user quitting, or Ctrl-C.
 
