@@ -77,8 +77,11 @@ class PinnedStaging:
     """Reusable page-locked host buffers for uploading frames to a GPU.
 
     Pinning a fresh buffer per frame costs milliseconds (measured ~6 ms per
-    720p frame on an H200 host); reusing one per shape makes the upload an
+    720p frame on an H200 host); reusing one per frame shape makes the upload an
     asynchronous DMA. An event per buffer guards reuse until its copy is done.
+    The buffer for a frame shape holds a power of two of frames, grown to the
+    largest batch seen, and a smaller batch uses its first rows: batches of
+    every size from 1 up (several streams batched together) pin it only a few times.
     """
 
     _MAX_SHAPES = 8
@@ -86,27 +89,49 @@ class PinnedStaging:
     def __init__(self) -> None:
         self._buffers: dict[tuple[int, ...], tuple["torch.Tensor", "torch.cuda.Event | None"]] = {}
 
+    @staticmethod
+    def capacity(n: int) -> int:
+        """Frames a buffer holds for a batch of ``n``: the next power of two."""
+        return 1 << max(0, n - 1).bit_length()
+
     def upload(self, frames: Sequence[np.ndarray], device: "torch.device") -> "torch.Tensor":
         import torch
 
-        shape = (len(frames), *frames[0].shape)
-        if shape not in self._buffers and len(self._buffers) >= self._MAX_SHAPES:
-            self._buffers.clear()
-        buf, event = self._buffers.get(shape, (None, None))
-        if buf is None:
-            buf = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        frame_shape = tuple(frames[0].shape)
+        n = len(frames)
+        buf, event = self._buffers.get(frame_shape, (None, None))
         if event is not None:
-            event.synchronize()
-        np.stack(frames, out=buf.numpy())
-        gpu = buf.to(device, non_blocking=True)
+            event.synchronize()  # the last copy out of it is done: it may be written again
+        if buf is None or buf.shape[0] < n:
+            if buf is None and len(self._buffers) >= self._MAX_SHAPES:
+                self._buffers.clear()
+            buf = torch.empty((self.capacity(n), *frame_shape), dtype=torch.uint8).pin_memory()
+        rows = buf[:n]
+        np.stack(frames, out=rows.numpy())
+        gpu = rows.to(device, non_blocking=True)
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(device))
-        self._buffers[shape] = (buf, done)
+        self._buffers[frame_shape] = (buf, done)
         return gpu
 
 
+def _device_frame(frame: "torch.Tensor", target: "torch.device") -> "torch.Tensor":
+    """A frame that is a tensor already (``Frame.device_image``: (H, W, 3) uint8 BGR, usually on the GPU),
+    on ``target``: no host round trip when it is there already."""
+    import torch
+
+    if frame.dtype != torch.uint8 or frame.ndim != 3 or int(frame.shape[2]) != 3:
+        raise ConfigError(f"preprocess: a frame tensor must be (H, W, 3) uint8 BGR, got {tuple(frame.shape)} {frame.dtype}")
+    if frame.device.type == "cuda" and target.type == "cuda" and frame.device == target:
+        # Made on another thread's stream (a decoder's): the caching allocator must not hand its
+        # memory out again before this stream's reads of it are done.
+        frame.record_stream(torch.cuda.current_stream(target))
+        return frame
+    return frame.to(target, non_blocking=frame.device.type == "cuda")
+
+
 def preprocess(
-    frames: Sequence[np.ndarray],
+    frames: "Sequence[np.ndarray | torch.Tensor]",
     spec: PreprocessSpec,
     device: "torch.device | str" = "cpu",
     dtype: "torch.dtype | None" = None,
@@ -114,8 +139,10 @@ def preprocess(
 ) -> "torch.Tensor":
     """Turn BGR uint8 frames into a normalised NCHW batch on ``device``.
 
-    Frames of one size go through as one batch (one upload, one resize);
-    frames of different sizes are processed one by one and stacked.
+    A frame is a host ndarray (HxWx3, OpenCV's layout) or a tensor of that layout already on a
+    device (a GPU decoder's output, see :mod:`streamer.gpu_frames`), which is used where it is,
+    without a copy through the host.  Frames of one size go through as one batch (one upload,
+    one resize); frames of different sizes are processed one by one and stacked.
     """
     import torch
 
@@ -123,7 +150,12 @@ def preprocess(
         raise ConfigError("preprocess: no frames given")
     target = torch.device(device)
     out_dtype = dtype if dtype is not None else torch.float32
-    arrays = [_to_uint8_bgr(f) for f in frames]
+    if any(isinstance(f, torch.Tensor) for f in frames):
+        tensors = [_device_frame(f, target) if isinstance(f, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(_to_uint8_bgr(f))).to(target) for f in frames]
+        if all(t.shape == tensors[0].shape for t in tensors):
+            return _preprocess_uint8(torch.stack(tensors), spec, out_dtype)
+        return torch.cat([_preprocess_uint8(t.unsqueeze(0), spec, out_dtype) for t in tensors])
+    arrays = [_to_uint8_bgr(f) for f in frames]  # type: ignore[arg-type]
     groups: list[list[np.ndarray]]
     if all(a.shape == arrays[0].shape for a in arrays):
         groups = [arrays]

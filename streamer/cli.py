@@ -141,6 +141,12 @@ def add_model_arguments(
     parser.add_argument("--threads", type=_thread_count, default=None, help=f"CPU threads for CPU backends (1 to {max_threads()})")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
     parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
+    if not multi:
+        parser.add_argument(
+            "--fused",
+            action="store_true",
+            help="torch on CUDA, alexnet: the hand-fused network (NHWC cuDNN convolutions, Triton pooling and GEMV) as one CUDA graph",
+        )
 
 
 RUN_EXAMPLES = """examples:
@@ -150,6 +156,8 @@ RUN_EXAMPLES = """examples:
   streamer run rtsp://camera/stream --headless --predictions x.jsonl   a network camera, no window
   streamer run clip.mp4 --realtime --show --no-stats             replay at the file's rate, labels only
   streamer run clip.mp4 -o out.mp4 -b tensorrt -p fp16 --batch 8   a GPU, half precision, batches of 8
+  streamer run a.mp4 b.mp4 0 -o out/ --predictions out/          several streams, one model: out/a.mp4, out/b.mp4, out/cam0.mp4
+  streamer run --sources cameras.txt -o http://127.0.0.1:8080/   one page listing every stream
 """
 
 
@@ -168,7 +176,7 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     model = parser.add_argument_group("model")
     performance = parser.add_argument_group("performance")
     p = inputs
-    p.add_argument("source", help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
+    p.add_argument("source", nargs="?", default=None, help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
     p = outputs
     p.add_argument("-o", "--output", action="append", default=None, metavar="OUTPUT", help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), a pipeline (--gst-output), or serve a live view (http://HOST:PORT/); repeat for several at once")
     p.add_argument("--token", default=None, help="access token of the live view (default: none on loopback, else generated and printed)")
@@ -184,7 +192,7 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--gst", action="store_true", help="SOURCE is a GStreamer pipeline ending in appsink (needs OpenCV with GStreamer)")
     outputs.add_argument("--gst-output", action="store_true", help="-o is a GStreamer pipeline starting with appsrc (needs OpenCV with GStreamer)")
     p.add_argument("--lossless", action="store_true", help="read a live GStreamer pipeline like a file: every frame, no reconnect")
-    p.add_argument("--decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, or gstreamer (default: auto)")
+    p.add_argument("--decoder", "--decode", dest="decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer", "nvdec"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, gstreamer, or nvdec (NVIDIA's GPU decoder through PyNvVideoCodec, frames kept on the GPU: pip install 'streamer[nvdec]') (default: auto)")
     p.add_argument("--input-width", type=_positive_int, default=None, metavar="W", help="cameras and csi://N: capture width to ask for")
     p.add_argument("--input-height", type=_positive_int, default=None, metavar="H", help="cameras and csi://N: capture height to ask for")
     p.add_argument("--input-fps", type=_positive_float, default=None, metavar="FPS", help="cameras and csi://N: capture frame rate to ask for")
@@ -201,6 +209,9 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--no-labels", action="store_true", help="do not draw the labels on the frames")
     p.add_argument("--no-stats", action="store_true", help="do not draw the FPS / latency / model band on the frames")
     add_model_arguments(model, performance=performance, remote=True)
+    from streamer.multi import add_multi_arguments
+
+    add_multi_arguments(inputs, performance)  # several sources in one run
     parser.set_defaults(func=cmd_run)
 
 
@@ -344,6 +355,7 @@ def backend_options_from_args(args: argparse.Namespace, precision: str | None = 
         calib_dir=args.calib,
         cuda_graphs=args.cuda_graphs,
         channels_last=args.channels_last,
+        fused=getattr(args, "fused", False),
         threads=args.threads,
     )
 
@@ -382,6 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.backends import choose_auto_backend, create_backend
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
+    from streamer.multi import cmd_run_multi, is_multi
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import NullSink, display_available, make_sink
     from streamer.sinks.terminal import TerminalLabels
@@ -389,6 +402,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")
+    if is_multi(args):
+        return cmd_run_multi(args)
+    if args.source is None:
+        raise ConfigError("streamer run needs a SOURCE (or several, or --sources FILE)")
     if args.show and not display_available():
         raise ConfigError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set, or OpenCV has no GUI); use -o or --headless")
     _check_distinct_outputs(args)
@@ -416,6 +433,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fps=args.input_fps,
         lossless=args.lossless,
         decoder=args.decoder,
+        device=resolve_device_name(options.device),  # a model on a GPU gets frames decoded there (JPEG folders, nvdec)
     )
     with contextlib.ExitStack() as until_the_pipeline_owns_it:
         source = open_source(args.source, source_options)

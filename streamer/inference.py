@@ -31,13 +31,16 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from engines.backends.base import Backend, Prediction, postprocess
 from engines.errors import PipelineError
 from streamer.stats import StageTimes
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class BatchResult:
 
 @dataclass
 class _Batch:
-    images: Sequence[np.ndarray]
+    images: "Sequence[np.ndarray | torch.Tensor]"
     future: "Future[BatchResult]"
 
 
@@ -167,8 +170,9 @@ class InferenceWorker:
         self.close()
 
     # -- requests --------------------------------------------------------------
-    def submit(self, images: Sequence[np.ndarray]) -> "Future[BatchResult]":
-        """Classify ``images`` (BGR uint8); the future holds their predictions in order."""
+    def submit(self, images: "Sequence[np.ndarray | torch.Tensor]") -> "Future[BatchResult]":
+        """Classify ``images`` (BGR uint8 HxWx3: host arrays, or tensors on a device, see
+        :mod:`streamer.gpu_frames`); the future holds their predictions in order."""
         future: "Future[BatchResult]" = Future()
         self._enqueue(_Batch(list(images), future))
         return future

@@ -19,7 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FPS = 30.0
 MAX_SANE_FPS = 240.0
-DECODERS = ("auto", "ffmpeg", "gstreamer")
+DECODERS = ("auto", "ffmpeg", "gstreamer", "nvdec")
 CSI_SCHEME = "csi://"
 
 
@@ -54,6 +54,10 @@ class Frame:
     pts_s: float | None = None
     """The frame's time in the source, seconds: its timestamp in a video file, the time since the
     first frame for a live source; None for images."""
+    device_image: Any = None
+    """The same pixels as ``image``, (H, W, 3) uint8 BGR, as a torch tensor on the GPU that decoded
+    them (nvJPEG, NVDEC), or None: the backend preprocesses it without a host upload
+    (:mod:`streamer.gpu_frames`)."""
 
 
 @dataclass
@@ -73,7 +77,14 @@ class SourceOptions:
     """A live GStreamer pipeline is read like a file: every frame queued, no reconnect."""
     decoder: str = "auto"
     """Video files: ``auto`` (GStreamer's hardware decoder where ``nvv4l2decoder`` exists, else
-    FFmpeg), ``ffmpeg``, or ``gstreamer`` (the hardware decoder if present, else ``decodebin``)."""
+    FFmpeg), ``ffmpeg``, ``gstreamer`` (the hardware decoder if present, else ``decodebin``), or
+    ``nvdec`` (NVIDIA's decoder through PyNvVideoCodec, frames left on the GPU: ``pip install .[nvdec]``).
+    ``auto`` never picks NVDEC: one NVDEC session was not faster than FFmpeg on the H200 machine except for
+    1080p without a video output (docs/benchmarks/h200-nvdec)."""
+    device: str | None = None
+    """Where the model will run (``cuda:N`` or ``cpu``; None: not said).  On a CUDA device, folders of
+    JPEGs are decoded on it in batches (:class:`streamer.gpu_frames.GpuJpegFolderSource`) and
+    ``--decoder nvdec`` decodes on it; elsewhere the CPU path."""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -650,6 +661,10 @@ def _video_file_source(path: Path, options: SourceOptions) -> Source:
 
     if options.decoder == "ffmpeg":
         return VideoFileSource(path, options)
+    if options.decoder == "nvdec":
+        from streamer.sources_nvdec import NvdecVideoSource
+
+        return NvdecVideoSource(path, options)
     has_gst = opencv_has_gstreamer()
     if options.decoder == "auto" and not has_gst:
         return VideoFileSource(path, options)
@@ -688,6 +703,16 @@ def _image_paths_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _image_list_source(paths: list[Path], display_name: str, options: SourceOptions) -> ImageListSource:
+    """Images in name order: JPEGs decoded in batches on the GPU when the model runs on one, else on the CPU."""
+    from streamer.gpu_frames import GpuJpegFolderSource, cuda_device, gpu_jpeg_available
+
+    device = cuda_device(options.device)
+    if device is not None and paths and gpu_jpeg_available(device):
+        return GpuJpegFolderSource(paths, display_name, device)
+    return ImageListSource(paths, display_name)
+
+
 def open_source(text: str, options: SourceOptions | None = None) -> Source:
     """Pick and open the right source for ``text``; raises :class:`SourceError`."""
     import cv2
@@ -724,12 +749,12 @@ def open_source(text: str, options: SourceOptions | None = None) -> Source:
     else:
         path = Path(text).expanduser()
         if path.is_dir():
-            source = ImageListSource(_image_paths_in(path), str(path))
+            source = _image_list_source(_image_paths_in(path), str(path), options)
         elif path.is_file():
             if path.stat().st_size == 0:
                 raise SourceError(f"{path}: empty file")
             if path.suffix.lower() in IMAGE_EXTENSIONS:
-                source = ImageListSource([path], path.name)
+                source = _image_list_source([path], path.name, options)
             else:
                 source = _video_file_source(path, options)
         elif any(ch in text for ch in "*?["):
@@ -737,7 +762,7 @@ def open_source(text: str, options: SourceOptions | None = None) -> Source:
             images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
             if not images:
                 raise SourceError(f"{text}: no images match")
-            source = ImageListSource(images, text)
+            source = _image_list_source(images, text, options)
         elif path.exists():
             raise SourceError(f"{path}: not a regular file or folder")
         else:

@@ -51,6 +51,8 @@ class BackendOptions:
     cuda_graphs: bool = False
     channels_last: bool = False
     compile: bool = False
+    fused: bool = False
+    """torch on CUDA, AlexNet: the hand-fused network (engines/backends/fused_alexnet.py), one CUDA graph."""
     threads: int | None = None
     """CPU threads for CPU backends (None: library default)."""
 
@@ -270,8 +272,9 @@ class Backend(ABC):
             logits = self._infer_impl(self.preprocess([frame] * n))
             postprocess(logits, self.spec.labels, 1)
 
-    def preprocess(self, frames: Sequence[np.ndarray]) -> "torch.Tensor":
-        """BGR uint8 frames -> normalised batch, on this backend's input device."""
+    def preprocess(self, frames: "Sequence[np.ndarray | torch.Tensor]") -> "torch.Tensor":
+        """BGR uint8 frames (host ndarrays, or (H, W, 3) tensors already on a device: a GPU decoder's)
+        -> normalised batch, on this backend's input device."""
         import torch
 
         dtype = torch.float16 if self.input_dtype_name == "fp16" else torch.float32

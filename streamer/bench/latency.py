@@ -241,6 +241,8 @@ def run_pipeline(
     realtime: bool = False,
     target_fps: float | None = None,
     warning: str | None = None,
+    decode_device: str | None = None,
+    decoder: str = "auto",
 ) -> PipelineRun:
     """One run of the real pipeline (``make_sink``'s sink, as ``streamer run -o`` builds it) on a loaded worker.
 
@@ -248,6 +250,8 @@ def run_pipeline(
     thread is warm (it loaded the backend) and nothing is rebuilt per run; the
     worker is loaded before the source opens, so a live replay's clock starts
     with the model ready.  ``fps`` is the sink's frame rate (``target_fps`` for a live replay).
+    ``decode_device`` and ``decoder`` are :class:`~streamer.sources.SourceOptions`' ``device`` and
+    ``decoder`` (``streamer run`` sets ``device`` to the model's: GPU JPEG decoding there).
     """
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import make_sink
@@ -262,7 +266,7 @@ def run_pipeline(
     sink = make_sink(target, False, overwrite=True)
     worker.wait_loaded()
     opened = time.perf_counter()
-    source = open_source(source_text, SourceOptions(realtime=realtime))
+    source = open_source(source_text, SourceOptions(realtime=realtime, device=decode_device, decoder=decoder))
     # The sink's rate; a live replay also runs at it instead of the file's own.
     source.fps = target_fps if (realtime and target_fps is not None) else fps
     recorder = FrameRecorder()

@@ -4,8 +4,8 @@ The lab's method, redone on the same images and device: one image at a time
 through PIL and torchvision transforms, the model on the device, the argmax
 pulled to the host per image with ``.item()``, the label drawn with PIL's
 ``ImageDraw`` and the image saved.  Beside it, the pipeline's own run over the
-same image folder (OpenCV decode, batched-capable GPU/CPU preprocessing,
-threads, JPEG output), so the reader sees what the pipeline gains end to end.
+same image folder (JPEGs decoded in batches on the GPU where the model runs on one,
+else Pillow/OpenCV on threads; batched GPU/CPU preprocessing, threads, JPEG output), so the reader sees what the pipeline gains end to end.
 """
 
 from __future__ import annotations
@@ -153,14 +153,17 @@ def lab_method(
 def fastest_folder_config(device: str) -> dict[str, Any]:
     """The pipeline configuration the lab comparison uses: the fastest this code offers on ``device``.
 
-    On a GPU: PyTorch fp16 replayed as a CUDA graph.  On the CPU: ONNX Runtime
+    On a GPU: PyTorch fp16 replayed as a CUDA graph, batch 16 (clamped to the
+    folder's size): the photos' JPEGs are decoded on the GPU 16 at a time
+    (:class:`streamer.gpu_frames.GpuJpegFolderSource`), so a batch no longer waits
+    for the slowest of several CPU decodes, and one batch costs one host sync
+    instead of one per photo (with CPU decoding, batch 1 was faster on an H200:
+    8 photos took 23 ms at batch 1, 46 ms at batch 8).  On the CPU: ONNX Runtime
     fp32 where it is installed (the fastest CPU backend measured), else PyTorch
-    fp32.  Batch 1 either way: with a handful of photos a batch only waits for
-    its slowest decode, and the network is a fraction of a millisecond
-    (measured on an H200: 8 photos took 23 ms at batch 1, 46 ms at batch 8).
+    fp32, batch 1.
     """
     if device.startswith("cuda"):
-        return {"backend": "torch", "precision": "fp16", "cuda_graphs": True, "batch": 1}
+        return {"backend": "torch", "precision": "fp16", "cuda_graphs": True, "batch": 16}
     from engines.backends import backend_installed
 
     cpu_backend = "onnxruntime" if backend_installed("onnxruntime") else "torch"
@@ -202,21 +205,25 @@ def pipeline_folder(
         batch, device=device, threads=threads, precision=config["precision"], cuda_graphs=bool(config["cuda_graphs"])
     )
     recipe = lambda: create_backend(config["backend"], spec, WeightsChoice.parse(weights), options)
-    common: dict[str, Any] = dict(sink_kind="images", out_dir=out_dir, fps=30.0, batch=batch)
     with InferenceWorker(recipe) as worker:
         worker.wait_loaded()
+        backend_device = worker.call(lambda backend: backend.device).result()
+        # As ``streamer run`` does: a model on a GPU gets its JPEGs decoded there (gpu_decode: False = the CPU path).
+        decode_device = backend_device if config.get("gpu_decode", True) else None
+        common: dict[str, Any] = dict(sink_kind="images", out_dir=out_dir, fps=30.0, batch=batch, decode_device=decode_device)
         run_pipeline(str(folder), worker, **common)  # warm-up pass
         runs = []
         for r in range(repeats):
             runs.append(run_pipeline(str(folder), worker, **common))
             if step is not None:
                 step("pipeline on images", r + 1, repeats)
-        backend_device = worker.call(lambda backend: backend.device).result()
     walls = [r.wall_s for r in runs]
     n = runs[0].frames_out if runs else 0
     stages = {name: round(float(h.mean or 0.0) * 1000.0, 3) for name, h in runs[-1].stages.items() if h.count} if runs else {}
     return {
-        "method": "streamer.pipeline.Pipeline over the folder (OpenCV decode, threads) -> JPEG folder, "
+        "method": "streamer.pipeline.Pipeline over the folder ("
+        + ("JPEGs decoded in batches on the GPU" if decode_device and decode_device.startswith("cuda") else "Pillow/OpenCV decode on threads")
+        + ") -> JPEG folder (encoded on threads), "
         f"{describe_folder_config(config)}; wall time from opening the folder to the last file written",
         "config": config,
         "stages_ms": stages,
