@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 from urllib.parse import urlsplit
 
 from engines.errors import ConfigError, SourceError, StreamerError
@@ -447,17 +447,28 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         opened = [s for s in streams if s.source is not None]
         if not opened:
             raise SourceError(f"none of the {len(streams)} sources could be opened")
-        spec, weights, _note = resolve_model(args.model, args.weights)
-        if args.backend == "auto":
-            backend_name, device = choose_auto_backend(args.device)
-        else:
-            backend_name, device = args.backend, resolve_device_name(args.device)
         max_batch = max(args.batch, args.max_batch or min(64, max(1, len(opened)) * args.batch))
-        options = replace(backend_options_from_args(args, batch=max_batch), device=device)
-        worker = InferenceWorker(
-            lambda: create_backend(backend_name, spec, weights, options), args.topk,
-            max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0,
-        )  # fmt: skip
+        recipe: Callable[[], Any]
+        if args.backend == "triton":  # a client of streamer serve (streamer/serve.py)
+            from streamer.serve import triton_client_recipe
+
+            spec, weights, recipe = triton_client_recipe(args, backend_options_from_args(args, batch=max_batch))
+            backend_name, device = "triton", args.url
+            config = replace(config, stall_timeout_s=max(config.stall_timeout_s, args.reconnect + args.timeout))
+        else:
+            if getattr(args, "url", None) is not None:
+                raise ConfigError("--url is for --backend triton")
+            spec, weights, _note = resolve_model(args.model, args.weights)
+            if args.backend == "auto":
+                backend_name, device = choose_auto_backend(args.device)
+            else:
+                backend_name, device = args.backend, resolve_device_name(args.device)
+            options = replace(backend_options_from_args(args, batch=max_batch), device=device)
+
+            def recipe() -> Any:
+                return create_backend(backend_name, spec, weights, options)
+
+        worker = InferenceWorker(recipe, args.topk, max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0)
         folders = [o for o in args.output or [] if not _looks_http(o)]
         if predictions is not None and not json_to_stdout:
             folders.append(str(predictions))

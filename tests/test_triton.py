@@ -394,3 +394,23 @@ def test_triton_urls_parse() -> None:
     identity = ServerIdentity("efficientnet_lite0", "imagenet", "fp16")
     assert ServerIdentity.parse(identity.server_id()) == identity
     assert ServerIdentity.parse("triton") is None
+
+
+@needs_triton
+@pytest.mark.slow
+def test_several_sources_share_one_triton_server(server: Server, local_predictions: list[dict[str, object]], tmp_path: Path) -> None:
+    """Two files in one run: batches across the streams of up to 16 frames, sent as requests of the
+    server's --max-batch 8; each stream labelled as the local backend labels the video."""
+    out = tmp_path / "labels"
+    video = str(REPO / "samples/video/bigbuckbunny.mp4")
+    result = _streamer(
+        "run", video, video, "--backend", "triton", "--url", server.grpc_url, *MODEL, "--batch", "8", "--max-batch", "16",
+        "--predictions", f"{out}/", "--headless", "--no-progress", "--no-summary",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    files = sorted(out.glob("*.jsonl"))
+    assert len(files) == 2, files
+    for path in files:
+        got = _read(path)
+        assert len(got) == 132
+        _assert_same_labels(got, local_predictions)

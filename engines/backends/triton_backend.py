@@ -230,7 +230,7 @@ class TritonBackend(Backend):
         self.retry_s = retry_s
         self._client: _Client | None = None
         self._input_datatype = _DTYPES[options.precision]
-        self._server_max_batch = 0
+        self._server_max_batch = 1
         self.retries = 0
         """Requests sent again after a connection failure, over the backend's life."""
 
@@ -290,9 +290,7 @@ class TritonBackend(Backend):
         max_batch = client.max_batch(name)
         if max_batch < 1:
             raise EngineError(f"{where}: model {name!r} does not batch (max_batch_size {max_batch})")
-        if self.options.batch > max_batch:
-            raise ConfigError(f"--batch {self.options.batch} exceeds the {where}'s max batch {max_batch} (streamer serve --max-batch)")
-        self._server_max_batch = max_batch
+        self._server_max_batch = max_batch  # a larger batch goes as several requests
 
     @staticmethod
     def _precision_for(datatype: str) -> str:
@@ -316,12 +314,17 @@ class TritonBackend(Backend):
         if client is None:  # pragma: no cover - guarded by Backend.infer
             raise BackendError("triton backend: not connected")
         dtype = np.float16 if self._input_datatype == "FP16" else np.float32
-        array = np.ascontiguousarray(batch.detach().to("cpu").numpy().astype(dtype, copy=False))
-        logits = self._send(client, array)
-        if logits is None or logits.shape != (array.shape[0], self.spec.num_classes):
-            shape = None if logits is None else logits.shape
-            raise EngineError(f"Triton server at {self.url} answered logits of shape {shape} for a batch of {array.shape[0]}")
-        return torch.from_numpy(np.array(logits, dtype=np.float32))  # a copy: tritonclient's array is read-only
+        whole = np.ascontiguousarray(batch.detach().to("cpu").numpy().astype(dtype, copy=False))
+        step = self._server_max_batch
+        parts = []
+        for start in range(0, whole.shape[0], step):  # the server takes at most `step` frames a request
+            array = whole[start : start + step]
+            logits = self._send(client, array)
+            if logits is None or logits.shape != (array.shape[0], self.spec.num_classes):
+                shape = None if logits is None else logits.shape
+                raise EngineError(f"Triton server at {self.url} answered logits of shape {shape} for a batch of {array.shape[0]}")
+            parts.append(np.array(logits, dtype=np.float32))  # a copy: tritonclient's array is read-only
+        return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def _send(self, client: _Client, array: Any) -> Any:
         """One request; on a connection failure, the same request again with backoff for up to ``retry_s``."""
