@@ -88,6 +88,31 @@ def _python_library_first() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
 
 
+def _workspace() -> Path:
+    """This server's PyTriton workspace (its model store, about 20 MB), ``$TMPDIR/streamer-serve/pid-N``.
+
+    A server killed with SIGKILL cannot remove its own: the next ``streamer serve`` removes those
+    of processes that no longer exist.
+    """
+    import shutil
+
+    root = Path(tempfile.gettempdir()) / "streamer-serve"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("pid-*"):
+        pid = old.name[4:]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's)
+    mine = root / f"pid-{os.getpid()}"
+    shutil.rmtree(mine, ignore_errors=True)  # PyTriton makes it
+    return mine
+
+
 def _import_pytriton() -> Any:
     try:
         import pytriton.triton as triton_module
@@ -166,7 +191,8 @@ def serve(
             allow_gpu_metrics=options.device.startswith("cuda"),
         )
         c, h, w = spec.preprocess.input_shape
-        triton = triton_module.Triton(config=triton_config)
+        workspace = _workspace()
+        triton = triton_module.Triton(config=triton_config, workspace=workspace)
         try:
             triton.bind(
                 model_name=spec.name,
@@ -210,6 +236,9 @@ def serve(
             raise PipelineError(f"the Triton server exited{where}")
         finally:
             triton.stop()
+            import shutil
+
+            shutil.rmtree(workspace, ignore_errors=True)
             if log_file is not None:
                 log_file.unlink(missing_ok=True)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns both into KeyboardInterrupt)
