@@ -114,17 +114,24 @@ def _timeout_seconds(text: str) -> float:
 
 
 def add_model_arguments(
-    parser: "argparse._ActionsContainer", multi: bool = False, performance: "argparse._ActionsContainer | None" = None
+    parser: "argparse._ActionsContainer",
+    multi: bool = False,
+    performance: "argparse._ActionsContainer | None" = None,
+    remote: bool = False,
 ) -> None:
-    """Options shared by ``run``, ``bench`` and ``build``; the tuning ones go to ``performance`` when given (a help group)."""
-    from engines.backends import BACKEND_NAMES
+    """Options shared by ``run``, ``bench``, ``build`` and ``serve``; the tuning ones go to ``performance`` when given
+    (a help group); ``remote`` adds the backends that are clients of a server (``--backend triton --url``)."""
+    from engines.backends import BACKEND_NAMES, REMOTE_BACKEND_NAMES
     from engines.models import model_names
 
     model_group = parser
     parser.add_argument("--model", "-m", default=None, choices=model_names(), help="classifier (default: alexnet, or efficientnet_lite0 when offline)")
     parser.add_argument("--weights", default="imagenet", help="imagenet | random | PATH to a state dict (default: imagenet)")
     if not multi:
-        parser.add_argument("--backend", "-b", default="auto", choices=("auto", *BACKEND_NAMES), help="inference backend (default: auto)")
+        names = (*BACKEND_NAMES, *REMOTE_BACKEND_NAMES) if remote else BACKEND_NAMES
+        parser.add_argument("--backend", "-b", default="auto", choices=("auto", *names), help="inference backend (default: auto)")
+        if remote:
+            parser.add_argument("--url", default=None, metavar="URL", help="--backend triton: the streamer serve (Triton) server, grpc://HOST:PORT or http://HOST:PORT")
         parser.add_argument("--precision", "-p", default="fp32", choices=("fp32", "fp16", "int8"), help="numeric precision (default: fp32)")
     parser.add_argument("--device", "-d", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="engine cache folder (default: $STREAMER_CACHE_DIR or the user cache)")
@@ -134,6 +141,12 @@ def add_model_arguments(
     parser.add_argument("--threads", type=_thread_count, default=None, help=f"CPU threads for CPU backends (1 to {max_threads()})")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
     parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
+    if not multi:
+        parser.add_argument(
+            "--fused",
+            action="store_true",
+            help="torch on CUDA, alexnet: the hand-fused network (NHWC cuDNN convolutions, Triton pooling and GEMV) as one CUDA graph",
+        )
 
 
 RUN_EXAMPLES = """examples:
@@ -143,6 +156,8 @@ RUN_EXAMPLES = """examples:
   streamer run rtsp://camera/stream --headless --predictions x.jsonl   a network camera, no window
   streamer run clip.mp4 --realtime --show --no-stats             replay at the file's rate, labels only
   streamer run clip.mp4 -o out.mp4 -b tensorrt -p fp16 --batch 8   a GPU, half precision, batches of 8
+  streamer run a.mp4 b.mp4 0 -o out/ --predictions out/          several streams, one model: out/a.mp4, out/b.mp4, out/cam0.mp4
+  streamer run --sources cameras.txt -o http://127.0.0.1:8080/   one page listing every stream
 """
 
 
@@ -161,7 +176,7 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     model = parser.add_argument_group("model")
     performance = parser.add_argument_group("performance")
     p = inputs
-    p.add_argument("source", help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
+    p.add_argument("source", nargs="?", default=None, help="0 | /dev/video0 | csi://0 | video.mp4 | image.jpg | folder/ | 'imgs/*.jpg' | rtsp://... | pipeline (--gst)")
     p = outputs
     p.add_argument("-o", "--output", action="append", default=None, metavar="OUTPUT", help="write annotated video (.mp4 .mkv .avi .mov), images (a folder), a pipeline (--gst-output), or serve a live view (http://HOST:PORT/); repeat for several at once")
     p.add_argument("--token", default=None, help="access token of the live view (default: none on loopback, else generated and printed)")
@@ -193,8 +208,66 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--no-summary", action="store_true", help="no summary table at the end")
     p.add_argument("--no-labels", action="store_true", help="do not draw the labels on the frames")
     p.add_argument("--no-stats", action="store_true", help="do not draw the FPS / latency / model band on the frames")
-    add_model_arguments(model, performance=performance)
+    add_model_arguments(model, performance=performance, remote=True)
+    from streamer.multi import add_multi_arguments
+
+    add_multi_arguments(inputs, performance)  # several sources in one run
     parser.set_defaults(func=cmd_run)
+
+
+SERVE_EXAMPLES = """examples:
+  streamer serve --model efficientnet_lite0                     serve on every address, gRPC 8001, HTTP 8000, metrics 8002
+  streamer serve -m alexnet -b tensorrt -p fp16 --max-batch 32  a GPU server for many cameras
+  streamer run rtsp://camera/stream --backend triton --url grpc://gpu1:8001 --headless   a capture machine, its client
+"""
+
+
+def _build_serve_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve the model behind a Triton Inference Server (for streamer run --backend triton)",
+        description="Run the model on a local backend behind a Triton Inference Server (NVIDIA's PyTriton, pip install "
+        "'streamer[triton]'), with Triton's dynamic batching, health (/v2/health/ready) and Prometheus metrics "
+        "endpoints.  Clients send preprocessed frames: streamer run SOURCE --backend triton --url grpc://HOST:PORT.",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    server = parser.add_argument_group("server")
+    performance = parser.add_argument_group("performance")
+    add_model_arguments(model, performance=performance)
+    server.add_argument("--host", default="0.0.0.0", metavar="ADDR", help="address to listen on (default: 0.0.0.0, every interface)")
+    server.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="gRPC port (default: 8001)")
+    server.add_argument("--http-port", type=int, default=8000, metavar="PORT", help="HTTP port (default: 8000)")
+    server.add_argument("--metrics-port", type=int, default=8002, metavar="PORT", help="Prometheus metrics port (default: 8002)")
+    performance.add_argument("--max-batch", type=_positive_int, default=8, metavar="N", help="largest batch Triton's dynamic batcher forms (default: 8)")
+    performance.add_argument("--max-queue-delay", type=int, default=1000, metavar="US", help="microseconds Triton holds a request for others to join its batch (default: 1000)")
+    parser.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from engines.backends import choose_auto_backend
+    from engines.backends.base import resolve_device_name
+    from streamer.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay,
+        verbose=args.verbose,
+    )
+    options = backend_options_from_args(args, batch=args.max_batch)
+    spec, weights, _note = resolve_model(args.model, args.weights)
+    if args.backend == "auto":
+        backend_name, device = choose_auto_backend(options.device)
+    else:
+        backend_name, device = args.backend, resolve_device_name(options.device)
+    return serve(spec, weights, backend_name, replace(options, device=device), config)
 
 
 def _build_models_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -219,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(sub)
     add_engine_commands(sub)
     add_doctor_command(sub)
+    _build_serve_parser(sub)
     _build_models_parser(sub)
     _build_completion_parser(sub)
     for command in _all_subparsers(parser):
@@ -281,6 +355,7 @@ def backend_options_from_args(args: argparse.Namespace, precision: str | None = 
         calib_dir=args.calib,
         cuda_graphs=args.cuda_graphs,
         channels_last=args.channels_last,
+        fused=getattr(args, "fused", False),
         threads=args.threads,
     )
 
@@ -319,6 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engines.backends import choose_auto_backend, create_backend
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
+    from streamer.multi import cmd_run_multi, is_multi
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import NullSink, display_available, make_sink
     from streamer.sinks.terminal import TerminalLabels
@@ -326,6 +402,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")
+    if is_multi(args):
+        return cmd_run_multi(args)
+    if args.source is None:
+        raise ConfigError("streamer run needs a SOURCE (or several, or --sources FILE)")
     if args.show and not display_available():
         raise ConfigError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set, or OpenCV has no GUI); use -o or --headless")
     _check_distinct_outputs(args)
@@ -358,12 +438,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as until_the_pipeline_owns_it:
         source = open_source(args.source, source_options)
         until_the_pipeline_owns_it.callback(source.close)
-        spec, weights, _note = resolve_model(args.model, args.weights)
-        if args.backend == "auto":
-            backend_name, device = choose_auto_backend(options.device)
+        if args.backend == "triton":
+            from streamer.serve import triton_client_recipe
+
+            spec, weights, recipe = triton_client_recipe(args, options)
+            backend_name, device = "triton", args.url
+            config = replace(config, stall_timeout_s=max(config.stall_timeout_s, args.reconnect + args.timeout))
         else:
-            backend_name, device = args.backend, resolve_device_name(options.device)
-        options = replace(options, device=device)
+            if args.url is not None:
+                raise ConfigError("--url is for --backend triton")
+            spec, weights, _note = resolve_model(args.model, args.weights)
+            if args.backend == "auto":
+                backend_name, device = choose_auto_backend(options.device)
+            else:
+                backend_name, device = args.backend, resolve_device_name(options.device)
+            options = replace(options, device=device)
+            recipe = _local_recipe(backend_name, spec, weights, options)
         if not args.output and not args.show and not args.headless:
             if display_available():
                 sink = make_sink(None, True)
@@ -378,7 +468,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if progress is not None:
             observers.append(progress)
         pipeline = Pipeline(
-            source, sink, lambda: create_backend(backend_name, spec, weights, options), config,
+            source, sink, recipe, config,
             observers=observers, annotators=_annotators(args), warning=warning,
         )  # fmt: skip
         until_the_pipeline_owns_it.pop_all()
@@ -402,6 +492,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(info):
             _print_summary(summary, source.display_name)
     return 0
+
+
+def _local_recipe(name: str, spec: "ModelSpec", weights: "WeightsChoice", options: "BackendOptions") -> "Callable[[], Backend]":
+    from engines.backends import create_backend
+
+    return lambda: create_backend(name, spec, weights, options)
 
 
 def _annotators(args: argparse.Namespace) -> "list[Annotator]":
@@ -722,6 +818,8 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 if False:  # pragma: no cover - typing only
-    from engines.backends.base import BackendOptions
+    from typing import Callable
+
+    from engines.backends.base import Backend, BackendOptions
     from engines.models import ModelSpec, WeightsChoice
     from streamer.overlay import Annotator

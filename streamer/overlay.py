@@ -71,7 +71,7 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool
     y0 = max(0, y0)
     x1 = min(w, widest + 14)
     roi = image[y0 : y0 + band_h, 0:x1]
-    roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken under the text
+    cv2.convertScaleAbs(roi, dst=roi, alpha=0.4)  # darken under the text, in place (no temporaries)
     for i, (text, colour) in enumerate(lines):
         y = y0 + line_h * (i + 1) - int(4 * scale)
         cv2.putText(image, text, (6, y), font, scale, colour, thickness, cv2.LINE_AA)
@@ -111,4 +111,30 @@ class StatsAnnotator:
         if result.warning:
             lines.insert(0, (result.warning, self.warning_colour))
         _draw_lines(image, lines, bottom=True)
+        return image
+
+
+class StreamNameAnnotator:
+    """The stream's name, top-right: which camera or file this frame is from (several streams in one run)."""
+
+    def __init__(self, name: str, colour: Colour = (255, 220, 120)) -> None:
+        self.name = name
+        self.colour = colour
+
+    def annotate(self, image: np.ndarray, result: Result) -> np.ndarray:
+        import cv2
+
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        scale, thickness = _text_scale(image)
+        h, w = image.shape[:2]
+        (tw, th), base = cv2.getTextSize(self.name, font, scale, thickness)
+        if tw + 12 > w:  # a long name on a small frame: shrink it to fit
+            scale *= max(0.1, (w - 12) / max(tw, 1))
+            thickness = max(1, int(round(scale * 2)))
+            (tw, th), base = cv2.getTextSize(self.name, font, scale, thickness)
+        band_h = min(h, th + base + int(8 * scale) + 6)
+        x0 = max(0, w - tw - 14)
+        roi = image[0:band_h, x0:w]
+        roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)
+        cv2.putText(image, self.name, (x0 + 7, band_h - base - 3), font, scale, self.colour, thickness, cv2.LINE_AA)
         return image

@@ -17,8 +17,10 @@
   during the load); for live sources that is always the capture.  The summary
   says which (:attr:`RunSummary.latency_basis`).
 * The render stage runs on the calling (main) thread: OpenCV windows need it,
-  and Ctrl-C arrives there.  It draws the annotators, writes the sink and
-  tells the observers; between frames it runs the :class:`Watchdog`.
+  and Ctrl-C arrives there.  It draws the annotators, converts the frame for
+  the sink (:meth:`Sink.prepare`: a video file's BGR -> I420, off the writer
+  thread), writes the sink and tells the observers; between frames it runs
+  the :class:`Watchdog`.
 * The pipeline owns every output it is handed: it opens the sink, and at the
   end finalises or aborts the sink and every observer together.
 """
@@ -208,6 +210,7 @@ class Pipeline:
         self.latency = Histogram()
         """Capture (or model ready, if later) to render, seconds, of every frame rendered (bounded)."""
         self._ready = threading.Event()
+        self._interrupt = threading.Event()
         self._ready_at: float | None = None
         """perf_counter when the model was ready for this run (set once by the batcher thread)."""
         self.summary = RunSummary()
@@ -365,6 +368,8 @@ class Pipeline:
         while True:
             if self._errors:
                 return
+            if self._interrupt.is_set():
+                raise KeyboardInterrupt
             try:
                 item = self._q_out.get(timeout=_SLICE)
             except queue.Empty:
@@ -384,8 +389,9 @@ class Pipeline:
             result = Result(item.prediction, fps.fps, latency * 1000.0, self._model_line, self.warning)
             for annotator in self.annotators:
                 image = annotator.annotate(image, result)
+            payload = self.sink.prepare(image)  # the video file's colour conversion, here: beside the writer thread's encoding
             t1 = time.perf_counter()
-            self.sink.write(image, item.frame.name)
+            self.sink.write(payload, item.frame.name)
             t2 = time.perf_counter()
             for observer in self.observers:
                 observer.write(item.frame, item.prediction, latency * 1000.0)
@@ -402,6 +408,11 @@ class Pipeline:
                 break
 
     # -- driver --------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Stop as Ctrl-C does, from any thread: the render loop (on whichever thread runs :meth:`run`)
+        raises ``KeyboardInterrupt`` at its next frame, so the outputs are finalised (several streams)."""
+        self._interrupt.set()
+
     def run(self) -> RunSummary:
         """Run to the end of the source, an error, the user quitting, or Ctrl-C.
 

@@ -471,6 +471,25 @@ def test_onnxruntime_backend_reports_its_provider(cache: Path, frames: list[np.n
     assert not backend.active_providers
 
 
+def test_onnxruntime_threads_follow_a_restricted_affinity(cache: Path, exported: Callable[[str], Exported], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned to fewer CPUs than the machine has, onnxruntime gets one intra-op thread per allowed CPU (its own
+    default counts the machine's cores); unpinned, or with --threads, nothing changes."""
+    from engines.backends import onnxruntime_backend
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend, allowed_cpus_if_restricted
+
+    spec = get_spec("efficientnet_lite0")
+    exported(spec.name)
+    monkeypatch.setattr(onnxruntime_backend.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(onnxruntime_backend.os, "sched_getaffinity", lambda _pid: {0})
+    assert allowed_cpus_if_restricted() == 1
+    for threads, expected in ((None, 1), (2, 2)):
+        backend = OnnxRuntimeBackend(spec, weights_for(spec.name), BackendOptions(device="cpu", threads=threads, cache_dir=cache))
+        with backend:
+            assert backend._session.get_session_options().intra_op_num_threads == expected
+    monkeypatch.setattr(onnxruntime_backend.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert allowed_cpus_if_restricted() is None
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_onnxruntime_rejects_cpu_precisions_it_cannot_run(precision: str) -> None:
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend

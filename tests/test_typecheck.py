@@ -33,6 +33,8 @@ CHECKED = (
     "tools/trt_rtx_check.py",
     "engines/backends/onnxruntime_backend.py",
     "streamer/cmd_engines.py",
+    "engines/backends/triton_backend.py",
+    "streamer/serve.py",
 )
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")

@@ -175,6 +175,58 @@ def test_other_codecs(tmp_path: Path, ext: str, codec: str) -> None:
     assert frames_in_video(out) == 12
 
 
+def test_frames_keep_their_colours(tmp_path: Path) -> None:
+    """BGR -> I420 is one OpenCV pass: the same BT.601 limited-range matrix as swscale's (within a level), and
+    what is decoded back from the file is the input within H.264's loss at a high quality."""
+    import cv2
+
+    frames = _sample_frames(10, (320, 180))
+    for image in frames[:3]:
+        ours = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420).astype(int)
+        swscale = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p").to_ndarray().astype(int)
+        assert ours.shape == swscale.shape and np.abs(ours[:180] - swscale[:180]).max() <= 1
+        assert np.abs(ours[180:] - swscale[180:]).mean() < 1.0
+    out = tmp_path / "out.mp4"
+    _write(out, frames, options=VideoOptions(crf=12))
+    decoded = _decode(out)
+    assert len(decoded) == len(frames)
+    error = np.mean([np.abs(d.astype(int) - f.astype(int)).mean() for d, f in zip(decoded, frames)])
+    assert error < 4.0, f"mean error {error:.2f} levels"
+
+
+def test_odd_sized_and_grey_frames_are_converted(tmp_path: Path) -> None:
+    import cv2
+
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in _sample_frames(6, (177, 145))]
+    out = tmp_path / "out.mp4"
+    _write(out, frames)
+    assert _streams(out)["size"] == (176, 144) and frames_in_video(out) == 6
+
+
+def test_frames_prepared_on_the_callers_thread_write_the_same_file(tmp_path: Path) -> None:
+    """The pipeline converts each frame on the render thread (``sink.prepare``) and hands the result to the
+    writer thread; the file is the one the plain images give."""
+    frames = _sample_frames(8, (320, 180))
+    plain = _write(tmp_path / "plain.mp4", frames, options=VideoOptions(threads=1))
+    sink = make_sink(str(tmp_path / "prepared.mp4"), False, video=VideoOptions(threads=1))
+    sink.open((320, 180), 25.0)
+    for i, image in enumerate(frames):
+        prepared = sink.prepare(image)
+        assert not isinstance(prepared, np.ndarray)
+        sink.write(prepared, f"f{i}")
+    sink.finalize()
+    ours, theirs = _decode(tmp_path / "prepared.mp4"), _decode(plain.path)
+    assert len(ours) == len(theirs) == 8 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_encoder_threads_option(tmp_path: Path) -> None:
+    frames = _sample_frames(12, (320, 180))
+    one = _write(tmp_path / "one.mp4", frames, options=VideoOptions(threads=1))
+    assert one.threads == 1 and frames_in_video(one.path) == 12
+    with pytest.raises(ConfigError, match="encoder threads must be >= 1"):
+        VideoFileSink(tmp_path / "zero.mp4", options=VideoOptions(threads=0))
+
+
 def test_crf_changes_the_size(tmp_path: Path) -> None:
     frames = _sample_frames(20, (320, 180))
     small = _write(tmp_path / "small.mp4", frames, options=VideoOptions(crf=40)).path.stat().st_size

@@ -24,6 +24,12 @@ _BACKENDS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "torch2trt": ("engines.backends.torch2trt_backend", "Torch2TRTBackend", ("torch2trt", "tensorrt"), "torch2trt"),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
+"""Backends that run the network in this process (what the bench, build and serve choose from)."""
+# Backends whose network runs elsewhere: a client of a server (``streamer run --backend triton --url ...``).
+_REMOTE: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
+    "triton": ("engines.backends.triton_backend", "TritonBackend", ("tritonclient",), "triton"),
+}
+REMOTE_BACKEND_NAMES: tuple[str, ...] = tuple(_REMOTE)
 
 
 def _module_present(name: str) -> bool:
@@ -42,9 +48,10 @@ def tensorrt_module_present() -> bool:
 
 def backend_installed(name: str) -> bool:
     """Whether the Python packages a backend needs are importable (no import is done)."""
-    if name not in _BACKENDS:
+    entry = _BACKENDS.get(name) or _REMOTE.get(name)
+    if entry is None:
         return False
-    needs = _BACKENDS[name][2]
+    needs = entry[2]
     return all(tensorrt_module_present() if n == "tensorrt" else _module_present(n) for n in needs)
 
 
@@ -53,9 +60,10 @@ def available_backends() -> list[str]:
 
 
 def backend_class(name: str) -> type["Backend"]:
-    if name not in _BACKENDS:
+    entry = _BACKENDS.get(name) or _REMOTE.get(name)
+    if entry is None:
         raise ConfigError(f"unknown backend {name!r}; choose one of: auto, {', '.join(_BACKENDS)}")
-    module_name, class_name, _needs, extra = _BACKENDS[name]
+    module_name, class_name, _needs, extra = entry
     if not backend_installed(name):
         hint = f"pip install 'streamer[{extra}]'" if extra else "pip install torch"
         if name == "torch2trt":

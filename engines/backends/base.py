@@ -51,6 +51,8 @@ class BackendOptions:
     cuda_graphs: bool = False
     channels_last: bool = False
     compile: bool = False
+    fused: bool = False
+    """torch on CUDA, AlexNet: the hand-fused network (engines/backends/fused_alexnet.py), one CUDA graph."""
     threads: int | None = None
     """CPU threads for CPU backends (None: library default)."""
 

@@ -18,6 +18,7 @@ provider's engine folder is named by the store (:meth:`Store.folder_for`).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +38,21 @@ CUDA_EP = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
 _ORT_LOG_ERROR = 3
 """onnxruntime severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal."""
+
+
+def allowed_cpus_if_restricted() -> int | None:
+    """The CPUs this process may use, when fewer than the machine has (``taskset``, a container's cpuset); else None.
+
+    onnxruntime sizes its intra-op pool from the machine's cores, not the process's affinity (measured:
+    under ``taskset -c 0`` on a 2-core machine it still starts a second thread), so pinned to 2 of 16 cores
+    it would start a thread per core of the machine on the two it may use.
+    """
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    total = os.cpu_count() or allowed
+    return allowed if 0 < allowed < total else None
 
 
 def short_provider_names(providers: tuple[str, ...] | list[str]) -> str:
@@ -213,8 +229,9 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = _ORT_LOG_ERROR
-        if self.options.threads is not None:
-            so.intra_op_num_threads = self.options.threads
+        threads = self.options.threads if self.options.threads is not None else allowed_cpus_if_restricted()
+        if threads is not None:
+            so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
         # onnxruntime's worker threads spin between calls by default, burning the cores that
         # the pipeline's decode, render and encode threads need on a small CPU.

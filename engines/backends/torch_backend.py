@@ -1,19 +1,29 @@
-"""Eager PyTorch backend (CPU or CUDA, fp32 or fp16), optionally with CUDA graphs."""
+"""Eager PyTorch backend (CPU or CUDA, fp32 or fp16), optionally with CUDA graphs or, for AlexNet, fused."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import time
+from typing import TYPE_CHECKING, Any
 
 from engines.backends.base import Backend, BackendOptions, resolve_device_name, restore_torch_threads
-from engines.errors import BackendError
+from engines.backends.torch_tuning import fp16_depthwise_choice, use_native_depthwise
+from engines.errors import BackendError, ConfigError
 from engines.models import build_model
 
 if TYPE_CHECKING:
     import torch
 
+    from engines.backends.fused_alexnet import FusedAlexNet
+
+log = logging.getLogger(__name__)
+
 
 class TorchBackend(Backend):
     """The reference backend: ``module(x)`` under ``torch.inference_mode``."""
+
+    _module: Any
+    """The network as it runs (``torch.nn.Module``, or what torch.compile made of it); unused when fused."""
 
     name = "torch"
     computes_with_torch = True
@@ -27,6 +37,10 @@ class TorchBackend(Backend):
             return "torch backend: fp16 needs a CUDA device (CPU fp16 convolutions are slow or missing)"
         if options.cuda_graphs and cpu:
             return "torch backend: --cuda-graphs needs a CUDA device"
+        if options.fused and cpu:
+            return "torch backend: --fused needs a CUDA device (its kernels are Triton and cuDNN's NHWC ones)"
+        if options.fused and (options.channels_last or options.compile):
+            return "torch backend: --fused is already channels-last and compiled by hand; drop --channels-last/--compile"
         return None
 
     def _load_impl(self) -> None:
@@ -34,19 +48,37 @@ class TorchBackend(Backend):
 
         if self.device == "cpu":
             restore_torch_threads(self.options.threads)
+        t0 = time.perf_counter()
         self.model = build_model(self.spec, self.weights)
-        module = self.model.module.to(self.device)
-        if self.precision == "fp16":
-            module = module.half()
+        t1 = time.perf_counter()
+        log.info("torch backend: %s built with %s weights in %.2f s", self.spec.name, self.weights, t1 - t0)
+        self._fused: "FusedAlexNet | None" = None
+        self._graph: "torch.cuda.CUDAGraph | None" = None
+        self._graph_batch = 0
+        if self.options.fused:
+            from engines.backends.fused_alexnet import FusedAlexNet
+
+            if self.spec.name != "alexnet":
+                raise ConfigError(f"torch backend: --fused rewrites alexnet only, not {self.spec.name}")
+            fused_dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            self._fused = FusedAlexNet(self.model.module, self.device, fused_dtype, self.options.batch)
+            log.info("torch backend: fused network set up and captured in %.2f s", time.perf_counter() - t1)
+            return
+        # straight to the device in the precision it runs in (fp16: half the bytes to copy)
+        dtype = torch.float16 if self.precision == "fp16" else None
+        module = self.model.module.to(self.device, dtype=dtype)
+        if self.precision == "fp16" and fp16_depthwise_choice() == "native":
+            log.info("torch backend: %d fp16 depthwise convolutions on the native kernel", use_native_depthwise(module))
         if self.options.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if self.options.compile:
             module = torch.compile(module)  # type: ignore[assignment]
         self._module = module
-        self._graph: "torch.cuda.CUDAGraph | None" = None
-        self._graph_batch = 0
+        t2 = time.perf_counter()
+        log.info("torch backend: moved to %s %s in %.2f s", self.device, self.precision, t2 - t1)
         if self.options.cuda_graphs:
             self._capture_graph(self.options.batch)
+            log.info("torch backend: CUDA graph at batch %d captured in %.2f s", self.options.batch, time.perf_counter() - t2)
 
     @property
     def input_dtype_name(self) -> str:
@@ -77,6 +109,8 @@ class TorchBackend(Backend):
 
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         x = batch.to(self.device, dtype=dtype, non_blocking=True)
+        if self._fused is not None:
+            return self._fused.infer(x)
         if self._graph is not None:
             n = int(x.shape[0])
             if n > self._graph_batch:
@@ -96,7 +130,8 @@ class TorchBackend(Backend):
 
     def _close_impl(self) -> None:
         self._graph = None
-        self._module = None  # type: ignore[assignment]
+        self._fused = None
+        self._module = None
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             import torch

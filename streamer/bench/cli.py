@@ -78,7 +78,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction[Any]) -> None:
         nargs="?",
         const=",".join(DEFAULT_VARIANTS),
         default=None,
-        help="add torch rows with these options: cuda_graphs, channels_last, cuda_graphs+channels_last "
+        help="add torch rows with these options: cuda_graphs, channels_last, cuda_graphs+channels_last, fused (alexnet on CUDA) "
         f"(bare --variants: {','.join(DEFAULT_VARIANTS)})",
     )
     p.add_argument("--decode-encode-baseline", action="store_true", help="also measure decode-only and encode-only FPS of the source")
@@ -104,6 +104,9 @@ def add_bench_command(subparsers: argparse._SubParsersAction[Any]) -> None:
         "the CPU during it, and keep the least disturbed attempt (default: 0)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    from streamer.bench.streams import add_streams_arguments
+
+    add_streams_arguments(p)  # --streams N,...: several live streams in one process (streamer/bench/streams.py)
     p.set_defaults(func=cmd_bench)
 
 
@@ -253,6 +256,10 @@ def realtime_failure(rows: list[dict[str, Any]]) -> str | None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamer.bench.runner import run_bench
 
+    if getattr(args, "streams", None) is not None:
+        from streamer.bench.streams import cmd_bench_streams
+
+        return cmd_bench_streams(args)
     if args.replot is not None:
         from streamer.bench.plots import replot
 

@@ -20,8 +20,9 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "cuda_graphs": {"cuda_graphs": True},
     "channels_last": {"channels_last": True},
     "cuda_graphs+channels_last": {"cuda_graphs": True, "channels_last": True},
+    "fused": {"fused": True},
 }
-"""Torch-only variants added by ``--variants`` (BackendOptions fields they switch on)."""
+"""Torch-only variants added by ``--variants`` (BackendOptions fields they switch on); ``fused`` is AlexNet only."""
 DEFAULT_VARIANTS = ("cuda_graphs", "channels_last")
 SINKS = ("video", "null")
 WEIGHTS_AUTO = "auto"

@@ -449,7 +449,8 @@ def _section_codec(report: dict[str, Any]) -> list[str]:
         if codec.get("status") == "ok":
             lines += [
                 f"- Decode only (OpenCV/FFmpeg, {codec['frames']} frames {codec['frame_size'][0]}x{codec['frame_size'][1]}): {_pm(codec['decode_fps'], 1)} FPS",
-                f"- Encode only ({codec['codec']}): {_pm(codec['encode_fps'], 1)} FPS",
+                f"- Encode only ({codec['codec']}, {codec.get('encoder_threads', '?')} encoder threads): {_pm(codec['encode_fps'], 1)} FPS"
+                + (f"; with one encoder thread: {_pm(codec['encode_fps_1thread'], 1)} FPS (for the record)" if codec.get("encode_fps_1thread") else ""),
                 f"- Ceiling for a file-to-file pipeline: {_f(codec['bound_fps'], 1)} FPS (the slower, {codec['bound_by']}, "
                 f"{codec.get('bound_statistic', 'mean of the passes')}); "
                 f"decode then encode on one thread: {_f(codec['serial_fps'], 1)} FPS",

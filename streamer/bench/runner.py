@@ -112,6 +112,8 @@ def precheck(case: Case, calib_dir: Path | None = None) -> tuple[str, str] | Non
     reason = backend_class(case.backend).unsupported(options)
     if reason is not None:
         return skip, reason
+    if options.fused and case.model.name != "alexnet":
+        return skip, f"the fused variant rewrites alexnet only, not {case.model.name}"
     return None
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,12 @@ class Sink(ABC):
 
     @abstractmethod
     def write(self, image: np.ndarray, name: str) -> None: ...
+
+    def prepare(self, image: np.ndarray) -> Any:
+        """Per-frame work for :meth:`write` that the caller may run on its own thread first; ``write``
+        takes either the result or the plain image. The pipeline's render thread calls it, so behind a
+        :class:`ThreadedSink` the video file's BGR -> I420 conversion runs beside the writer's encoding."""
+        return image
 
     def finalize(self) -> None:  # noqa: B027
         """Complete the output (called on success and on Ctrl-C)."""
@@ -167,8 +173,9 @@ class TeeSink(Sink):
 class ThreadedSink(Sink):
     """Runs another sink's writes on a writer thread, behind a bounded queue.
 
-    Encoding is the slowest CPU stage of file mode (about 6 ms per 720p frame
-    with mp4v); on its own thread it overlaps with drawing the next frame.
+    Encoding is the slowest CPU stage of file mode; on its own thread it overlaps
+    with drawing the next frame; the inner sink's :meth:`Sink.prepare` (the
+    video file's BGR -> I420 conversion) is the caller's to run, on its own thread.
     Frames are written in order; a write error is raised by the next call.
     It times each inner write on the writer thread (:attr:`write_times`).
     """
@@ -182,7 +189,7 @@ class ThreadedSink(Sink):
         self.inner = inner
         self._write_times = Histogram()
         self._times_lock = threading.Lock()
-        self._queue: "queue.Queue[tuple[np.ndarray, str] | None]" = queue.Queue(queue_size)
+        self._queue: "queue.Queue[tuple[Any, str] | None]" = queue.Queue(queue_size)
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -236,6 +243,9 @@ class ThreadedSink(Sink):
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def prepare(self, image: np.ndarray) -> Any:
+        return self.inner.prepare(image)
 
     def write(self, image: np.ndarray, name: str) -> None:
         import queue

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -169,7 +169,7 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: HttpAddress, view: HttpView) -> None:
+    def __init__(self, address: HttpAddress, view: "HttpView | HttpHub") -> None:
         self.view = view
         if ":" in address.host:
             self.address_family = socket.AF_INET6
@@ -223,14 +223,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_plain(403, "forbidden: this live view needs its access token (?token=...)\n")
             return
         try:
-            if parts.path in ("/", "/index.html"):
-                self._send_page()
-            elif parts.path == "/stream.mjpg":
-                self._send_stream()
-            elif parts.path == "/events":
-                self._send_events()
-            else:
+            route = self.server.view.route(parts.path)
+            if route is None:
                 self._send_plain(404, "not found\n")
+            elif route[0] == "page":
+                self._send_page(route[1])
+            elif route[0] == "json":
+                self._send_page(route[1], "application/json")
+            elif route[0] == "redirect":
+                self.send_response(301)
+                self.send_header("Location", route[1] + (f"?{parts.query}" if parts.query else ""))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif route[0] == "stream":
+                self._send_stream(route[1])
+            else:
+                self._send_events(route[1])
         except (OSError, ValueError):  # the viewer left (or we closed it at the end of the run)
             self.close_connection = True
 
@@ -243,18 +251,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_page(self) -> None:
-        body = self.server.view.page
+    def _send_page(self, body: bytes, kind: str = "text/html") -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("Referrer-Policy", "no-referrer")
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_stream(self) -> None:
-        view = self.server.view
+    def _send_stream(self, view: "HttpView") -> None:
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
@@ -271,8 +277,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(head + jpeg + b"\r\n")
             self.wfile.flush()
 
-    def _send_events(self) -> None:
-        view = self.server.view
+    def _send_events(self, view: "HttpView") -> None:
         seen = view.events_ring.seq  # from now on, not the backlog
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -335,6 +340,16 @@ class HttpView(Sink):
     @property
     def description(self) -> str:
         return f"live view {self.address.key}"
+
+    def route(self, path: str) -> "tuple[str, Any] | None":
+        """What the server sends for ``path``: the page, this view's stream or its events."""
+        if path in ("/", "/index.html"):
+            return ("page", self.page)
+        if path == "/stream.mjpg":
+            return ("stream", self)
+        if path == "/events":
+            return ("events", self)
+        return None
 
     def open(self, frame_size: tuple[int, int], fps: float) -> HttpView:
         if self._server is not None:
@@ -430,6 +445,187 @@ class HttpView(Sink):
         self.stop()
 
 
+class HubStreamView(HttpView):
+    """One stream of an :class:`HttpHub`: the frame sink (and ``.events``) of that stream's run.
+
+    Its page, MJPEG stream and events are served at ``/s/NAME/`` by the hub's one server; it
+    stops (and its viewers are let go) when its run finalises or aborts it.
+    """
+
+    def __init__(self, hub: "HttpHub", name: str) -> None:
+        super().__init__(hub.address, token=hub.token)
+        self.hub = hub
+        self.name = name
+        self.token = hub.token
+        self.generated_token = False
+
+    @property
+    def description(self) -> str:
+        return f"live view {self.hub.address.key}s/{self.name}/"
+
+    def open(self, frame_size: tuple[int, int], fps: float) -> "HubStreamView":
+        if self._threads or self.stopping:
+            return self
+        self.hub.open()
+        self.url = f"{self.hub.base_url}s/{self.name}/" + (f"?token={self.token}" if self.token else "")
+        encode = threading.Thread(target=self._encode_loop, name="http-encoder", daemon=True)
+        self._threads = [encode]
+        encode.start()
+        return self
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for box in (self._raw, self.frames):
+            box.close()
+        self.events_ring.close()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        self._threads = []
+        self.hub._stream_stopped()
+
+
+class HttpHub:
+    """A live view of several streams on one address (``-o http://HOST:PORT/`` with several sources).
+
+    ``/`` lists every stream (its MJPEG image and a link to its page); ``/streams.json``
+    the same as JSON; ``/s/NAME/`` is the one-stream page (as for a single source) with
+    ``/s/NAME/stream.mjpg`` and ``/s/NAME/events``.  The token rules are the single view's.
+    The server starts with the first stream's run and stops when every stream's view has
+    stopped (or :meth:`stop`).
+    """
+
+    def __init__(self, address: HttpAddress, names: "list[str]", token: str | None = None, announce: TextIO | None = None) -> None:
+        if token is not None and not token.strip():
+            raise ConfigError("--token must not be empty")
+        self.address = address
+        self.generated_token = token is None and not address.loopback
+        self.token: str | None = secrets.token_urlsafe(24) if self.generated_token else token
+        self.stopping = False
+        self.base_url = ""
+        self.url = ""
+        self.port = address.port
+        self._announce = announce
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._serve: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self.streams: dict[str, HubStreamView] = {}
+        for name in names:
+            self.streams[name] = HubStreamView(self, name)
+        self.page = self._index_page()
+
+    @property
+    def description(self) -> str:
+        return f"live view {self.address.key}"
+
+    def view(self, name: str) -> HubStreamView:
+        return self.streams[name]
+
+    def _index_page(self) -> bytes:
+        import html
+
+        items = "\n".join(
+            f'<figure data-stream="{html.escape(n)}"><a class="page" href="s/{html.escape(n)}/">'
+            f'<img alt="{html.escape(n)}" data-src="s/{html.escape(n)}/stream.mjpg"></a>'
+            f"<figcaption>{html.escape(n)}</figcaption></figure>"
+            for n in self.streams
+        )
+        return (
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>streamer: "
+            f"{len(self.streams)} streams</title><style>body{{font-family:sans-serif;background:#111;color:#eee;margin:1em}}"
+            "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em}"
+            "figure{margin:0}img{width:100%;background:#222}a{color:#9cf}</style></head>"
+            f'<body data-streams="{len(self.streams)}"><h1>streamer: {len(self.streams)} streams</h1><main>\n{items}\n</main>'
+            "<script>const q=location.search;for(const f of document.querySelectorAll('figure')){"
+            "const img=f.querySelector('img');img.src=img.dataset.src+q;const a=f.querySelector('a');a.href=a.getAttribute('href')+q;}"
+            "</script></body></html>"
+        ).encode()
+
+    def route(self, path: str) -> "tuple[str, Any] | None":
+        if path in ("/", "/index.html"):
+            return ("page", self.page)
+        if path == "/streams.json":
+            listing = [
+                {"name": n, "page": f"/s/{n}/", "stream": f"/s/{n}/stream.mjpg", "events": f"/s/{n}/events", "live": not v.stopping}
+                for n, v in self.streams.items()
+            ]
+            return ("json", json.dumps({"streams": listing}).encode())
+        parts = path.split("/")  # "", "s", NAME, rest
+        if len(parts) < 3 or parts[1] != "s" or parts[2] not in self.streams:
+            return None
+        view = self.streams[parts[2]]
+        rest = "/".join(parts[3:]) if len(parts) > 3 else None
+        if rest is None:
+            return ("redirect", f"/s/{parts[2]}/")
+        return view.route("/" + rest)
+
+    def open(self) -> "HttpHub":
+        """Start serving (once; the first stream's run calls it)."""
+        with self._lock:
+            if self._server is not None or self.stopping:
+                return self
+            try:
+                server = _Server(self.address, self)
+            except OSError as exc:
+                reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
+                raise SinkError(f"{self.address.key}: cannot listen ({reason})") from None
+            self._server = server
+            host, port = str(server.server_address[0]), int(server.server_address[1])
+            self.port = port
+            if host in ("0.0.0.0", "::"):
+                host = socket.gethostname()
+            shown = f"[{host}]" if ":" in host else host
+            self.base_url = f"http://{shown}:{port}/"
+            self.url = self.base_url + (f"?token={self.token}" if self.token else "")
+            self._serve = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-view", daemon=True)
+            self._serve.start()
+        where = "" if self.address.loopback else " (anyone with this address and token can watch)"
+        print(f"streamer: live view of {len(self.streams)} streams at {self.url}{where}", file=self._announce or sys.stderr, flush=True)
+        return self
+
+    def _track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+    @property
+    def viewers(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
+
+    def _stream_stopped(self) -> None:
+        if all(v.stopping for v in self.streams.values()):
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop every stream's view and the server, closing every connection (idempotent)."""
+        with self._lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            server, self._server = self._server, None
+        for view in self.streams.values():
+            view.stop()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._serve is not None:
+            self._serve.join(timeout=2.0)
+
+
 def _load_page() -> bytes:
     from importlib.resources import files
 
@@ -441,4 +637,4 @@ def make_http_view(output: str, token: str | None = None) -> HttpView:
     return HttpView(parse_http_output(output), token=token)
 
 
-__all__ = ["HttpAddress", "HttpEvents", "HttpView", "looks_like_http_output", "make_http_view", "parse_http_output"]
+__all__ = ["HttpAddress", "HttpEvents", "HttpHub", "HttpView", "HubStreamView", "looks_like_http_output", "make_http_view", "parse_http_output"]
