@@ -26,6 +26,7 @@ The Python API (``streamer.run``) stays single-source.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -33,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
+from typing import TYPE_CHECKING, Sequence, TextIO
 from urllib.parse import urlsplit
 
 from engines.errors import ConfigError, SourceError, StreamerError
@@ -353,7 +354,7 @@ def add_multi_arguments(inputs: "argparse._ActionsContainer", performance: "argp
 
     inputs.add_argument("more_sources", nargs="*", metavar="SOURCE", help="more sources: several streams in one run (then -o is a folder or a live view)")
     inputs.add_argument("--sources", dest="sources_file", type=Path, default=None, metavar="FILE", help="read sources from FILE, one a line ('#' comments, blank lines skipped)")
-    performance.add_argument("--max-batch", type=_positive_int, default=None, metavar="N", help="several sources: most frames in one batch across streams (default: streams x --batch, at most 64)")
+    performance.add_argument("--max-batch", type=_positive_int, default=None, metavar="N", help="several sources: most frames in one batch across streams (default: streams x --batch, at most 64; 8 with --backend triton)")
     performance.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0, metavar="MS", help="several sources: how long a batch waits for other streams' frames (default: 0, take what is ready)")
 
 
@@ -382,7 +383,7 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
     from engines.backends import choose_auto_backend, create_backend
     from engines.backends.base import resolve_device_name
     from streamer.cli import EXIT_INTERRUPTED, _annotators, backend_options_from_args, resolve_model
-    from streamer.inference import InferenceWorker
+    from streamer.inference import InferenceWorker, Recipe
     from streamer.overlay import StreamNameAnnotator
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sources import SourceOptions, open_source
@@ -430,6 +431,7 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         fps=args.input_fps,
         lossless=args.lossless,
         decoder=args.decoder,
+        device=resolve_device_name(args.device),  # a model on a GPU gets frames decoded there (JPEG folders, nvdec)
     )
     names = stream_names(texts, gst=args.gst)
     streams = [Stream(name, text) for name, text in zip(names, texts)]
@@ -447,12 +449,15 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         opened = [s for s in streams if s.source is not None]
         if not opened:
             raise SourceError(f"none of the {len(streams)} sources could be opened")
-        max_batch = max(args.batch, args.max_batch or min(64, max(1, len(opened)) * args.batch))
-        recipe: Callable[[], Any]
-        if args.backend == "triton":  # a client of streamer serve (streamer/serve.py)
+        # A Triton server batches up to its own --max-batch (8 by default): the client's batches stay within it unless told.
+        most = 8 if args.backend == "triton" else 64
+        max_batch = max(args.batch, args.max_batch or min(most, max(1, len(opened)) * args.batch))
+        options = backend_options_from_args(args, batch=max_batch)
+        recipe: Recipe
+        if args.backend == "triton":  # the shared worker is one client of the server, batching across streams
             from streamer.serve import triton_client_recipe
 
-            spec, weights, recipe = triton_client_recipe(args, backend_options_from_args(args, batch=max_batch))
+            spec, weights, recipe = triton_client_recipe(args, options)
             backend_name, device = "triton", args.url
             config = replace(config, stall_timeout_s=max(config.stall_timeout_s, args.reconnect + args.timeout))
         else:
@@ -463,11 +468,7 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
                 backend_name, device = choose_auto_backend(args.device)
             else:
                 backend_name, device = args.backend, resolve_device_name(args.device)
-            options = replace(backend_options_from_args(args, batch=max_batch), device=device)
-
-            def recipe() -> Any:
-                return create_backend(backend_name, spec, weights, options)
-
+            recipe = functools.partial(create_backend, backend_name, spec, weights, replace(options, device=device))
         worker = InferenceWorker(recipe, args.topk, max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0)
         folders = [o for o in args.output or [] if not _looks_http(o)]
         if predictions is not None and not json_to_stdout:

@@ -140,7 +140,7 @@ def test_input_format_applies_to_cameras_only(sample_video: Path) -> None:
     with pytest.raises(ConfigError, match="input fps"):
         SourceOptions(fps=0.0)
     with pytest.raises(ConfigError, match="decoder"):
-        SourceOptions(decoder="nvdec")
+        SourceOptions(decoder="vaapi")  # nvdec is a decoder now (streamer.sources_nvdec)
 
 
 def test_decoder_auto_is_ffmpeg_without_the_hardware_decoder(sample_video: Path) -> None:

@@ -253,20 +253,21 @@ def test_a_camera_lost_mid_run_ends_only_its_stream(tmp_path: Path, clip_factory
     """The camera dies while a file is still being labelled: one line names the camera's stream, the file
     is labelled to its last frame, the camera's recording up to the loss is kept, and the exit is non-zero."""
     clip = clip_factory("thirty.mp4", 30)
-    with MjpegCamera(sample_frames(20, (320, 180)), fps=25, max_frames=6000, max_seconds=120) as cam:
-        process = subprocess.Popen(
-            streamer_cmd("run", cam.url, clip, "-o", "out/", "--predictions", "out/", "--reconnect", "1", "--batch", "1", *MODEL_ARGS),
-            cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+    with MjpegCamera(sample_frames(20, (320, 180)), fps=25, max_frames=6000, max_seconds=300) as cam:
+        camera = "127-0-0-1-" + str(cam.port) + "-stream"
+        process, url, lines = _start(
+            tmp_path, cam.url, clip, "-o", "http://127.0.0.1:0/", "-o", "out/", "--predictions", "out/", "--reconnect", "1", *MODEL_ARGS
+        )
         try:
-            assert cam.wait_for_frames(10, timeout=120), "the camera was never read"
+            assert _first_jpeg(f"{url.rstrip('/')}/s/{camera}/stream.mjpg", timeout=300)  # a labelled camera frame
             cam.kill()
-            _stdout, stderr = process.communicate(timeout=600)
+            process.wait(600)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    camera = "127-0-0-1-" + str(cam.port) + "-stream"
+    time.sleep(0.5)  # the last stderr lines
+    stderr = "".join(lines)
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if "error" in line]
@@ -276,6 +277,7 @@ def test_a_camera_lost_mid_run_ends_only_its_stream(tmp_path: Path, clip_factory
     assert count_frames(out / "thirty.mp4") == 30 and len(_records(out / "thirty.jsonl")) == 30
     kept = count_frames(out / f"{camera}.mp4")
     assert kept > 0 and kept == len(_records(out / f"{camera}.jsonl"))
+
 
 # -- bench --streams ----------------------------------------------------------------------------------------
 def test_bench_streams_smoke_on_cpu(tmp_path: Path, short_clip: Path) -> None:

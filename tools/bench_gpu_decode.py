@@ -20,6 +20,7 @@ Usage: python tools/bench_gpu_decode.py OUT MEDIA_DIR [--parts decode,e2e,photos
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -96,7 +97,7 @@ def decode_pyav(path: Path, limit: int | None) -> tuple[float, int]:
 
 
 def decode_nvc_raw(path: Path) -> tuple[float, int]:
-    import PyNvVideoCodec as nvc
+    import PyNvVideoCodec as nvc  # type: ignore[import-not-found, import-untyped, unused-ignore]
     import torch
 
     dec = nvc.ThreadedDecoder(str(path), 16, gpu_id=0, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB)
@@ -120,7 +121,7 @@ def decode_source(path: Path, decoder: str, device: str | None) -> tuple[float, 
 
     t = time.perf_counter()
     src = open_source(str(path), SourceOptions(decoder=decoder, device=device))
-    frames = []
+    frames: list[Any] = []
     n = 0
     while (f := src.read()) is not None:
         if len(frames) < 16:
@@ -221,9 +222,9 @@ def make_photos(root: Path, samples: Path, count_big: int) -> tuple[Path, Path]:
     eleven.mkdir(parents=True, exist_ok=True)
     for p in sorted(samples.glob("*.jpg")):
         (eleven / p.name).write_bytes(p.read_bytes())
-    added = []
+    added: list[str] = []
     try:
-        import skimage.data as skd
+        import skimage.data as skd  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
         candidates: list[tuple[str, Callable[[], Any]]] = [
             ("chelsea", skd.chelsea), ("motorcycle", lambda: skd.stereo_motorcycle()[0]), ("hubble_deep_field", skd.hubble_deep_field),
@@ -255,7 +256,7 @@ def make_photos(root: Path, samples: Path, count_big: int) -> tuple[Path, Path]:
         cw, ch = int(w * f), int(h * f)
         x, y = int(rng.uniform(0, w - cw + 1)), int(rng.uniform(0, h - ch + 1))
         s = rng.uniform(0.6, 1.6)
-        out = im.crop((x, y, x + cw, y + ch)).resize((max(32, int(cw * s)), max(32, int(ch * s))), Image.BILINEAR)
+        out = im.crop((x, y, x + cw, y + ch)).resize((max(32, int(cw * s)), max(32, int(ch * s))), Image.Resampling.BILINEAR)
         out.save(big / f"photo_{i:04d}.jpg", quality=90)
 
     from concurrent.futures import ThreadPoolExecutor
@@ -294,7 +295,7 @@ def encode_microbench(folder: Path, dry: bool) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    images = [cv2.imread(str(p)) for p in sorted(folder.glob("*.jpg"))]
+    images: list[Any] = [cv2.imread(str(p)) for p in sorted(folder.glob("*.jpg"))]
     out: dict[str, Any] = {"images": len(images)}
     with ThreadPoolExecutor(8) as pool:
         for name, fn in (
@@ -381,7 +382,7 @@ def main() -> int:
         import torchvision
 
         env["torchvision"] = torchvision.__version__
-        import PyNvVideoCodec as nvc
+        import PyNvVideoCodec as nvc  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
         env["PyNvVideoCodec"] = nvc.__version__
     except Exception as exc:  # noqa: BLE001
@@ -401,7 +402,7 @@ def main() -> int:
         configs = [dict(best, batch=16), dict(best, batch=1), dict(best, batch=1, gpu_decode=False)]
         photos: dict[str, Any] = {}
         for model in ("alexnet", "efficientnet_lite0"):
-            photos[f"{model}-11"] = guarded(f"photos {model} 11", deadline, lambda m=model: lab_vs_pipeline(m, eleven, device, reps, work, configs))
+            photos[f"{model}-11"] = guarded(f"photos {model} 11", deadline, functools.partial(lab_vs_pipeline, model, eleven, device, reps, work, configs))
             save(out, "photos", photos)
         photos["encode"] = guarded("encode", deadline, lambda: encode_microbench(eleven, args.dry))
         save(out, "photos", photos)
@@ -409,7 +410,7 @@ def main() -> int:
         save(out, "e2e", guarded("e2e", deadline, lambda: part_e2e(args.media, work, args.dry, deadline - 45)))
     if "photos" in parts:
         for model in ("alexnet", "efficientnet_lite0"):
-            photos[f"{model}-1000"] = guarded(f"photos {model} 1000", deadline, lambda m=model: lab_vs_pipeline(m, big, device, 1, work, [dict(best, batch=16), dict(best, batch=16, gpu_decode=False)]))
+            photos[f"{model}-1000"] = guarded(f"photos {model} 1000", deadline, functools.partial(lab_vs_pipeline, model, big, device, 1, work, [dict(best, batch=16), dict(best, batch=16, gpu_decode=False)]))
             save(out, "photos", photos)
     log("all done")
     return 0
