@@ -259,6 +259,19 @@ class MultiRun:
         """False: the worker outlives the run (the bench runs several on one)."""
         self.interrupted = False
 
+    def _wait_for(self, running: list[Stream]) -> None:
+        """Until every stream's thread has ended.  Ctrl-C / SIGTERM (a ``KeyboardInterrupt`` that may land
+        anywhere in this loop, the loop's own condition included) interrupts the streams and keeps waiting:
+        leaving early would close the shared worker under streams still finalising their outputs."""
+        while True:
+            try:
+                alive = [s.thread for s in running if s.thread is not None and s.thread.is_alive()]
+                if not alive:
+                    return
+                alive[0].join(timeout=0.1)
+            except KeyboardInterrupt:
+                self.interrupt()
+
     def _run_one(self, stream: Stream) -> None:
         assert stream.pipeline is not None
         try:
@@ -272,8 +285,14 @@ class MultiRun:
         except BaseException as exc:  # noqa: BLE001 - one line, the others go on
             stream.error, stream.exit_code = f"{type(exc).__name__}: {_one_line(exc)}", 1
             stream.summary = stream.pipeline.summary
-        if stream.error is not None and self.load_error() is None:  # a failed load is one line for the run
+        if stream.error is not None and self._load_error_quietly() is None:  # a failed load is one line for the run
             _say(f"streamer: error: stream {stream.name}: {stream.error}")
+
+    def _load_error_quietly(self) -> BaseException | None:
+        try:
+            return self.load_error()
+        except StreamerError:  # the worker is closed: no load error to report here
+            return None
 
     def load_error(self) -> BaseException | None:
         """The shared model's load error, once it failed (every stream fails with it)."""
@@ -296,17 +315,14 @@ class MultiRun:
         error: BaseException | None = None
         batches0 = self.worker.batches_done
         try:
-            self.worker.start()
-            for stream in running:
-                stream.thread = threading.Thread(target=self._run_one, args=(stream,), name=f"stream-{stream.name}", daemon=True)
-                stream.thread.start()
-            while any(s.thread is not None and s.thread.is_alive() for s in running):
-                try:
-                    for stream in running:
-                        if stream.thread is not None:
-                            stream.thread.join(timeout=0.1)
-                except KeyboardInterrupt:
-                    self.interrupt()  # each stream finalises what it labelled; keep waiting for them
+            try:
+                self.worker.start()
+                for stream in running:
+                    stream.thread = threading.Thread(target=self._run_one, args=(stream,), name=f"stream-{stream.name}", daemon=True)
+                    stream.thread.start()
+            except KeyboardInterrupt:
+                self.interrupt()  # the streams already started finalise what they labelled
+            self._wait_for(running)
             error = self.load_error()
         finally:
             if self.close_worker:
