@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
     from rich.progress import Progress, TaskID
 
+    from streamer.pipeline import PipelineConfig
     from streamer.sinks import ResultSink, Sink
+    from streamer.sources import SourceOptions
 
 EXIT_INTERRUPTED = 130
 
@@ -387,18 +389,50 @@ def resolve_model(model: str | None, weights_text: str) -> tuple["ModelSpec", "W
     return spec, weights, note
 
 
+def pipeline_config_from_args(args: argparse.Namespace) -> "PipelineConfig":
+    """The pipeline settings of ``streamer run`` (one source or several)."""
+    from streamer.pipeline import PipelineConfig
+
+    return PipelineConfig(
+        batch=args.batch,
+        topk=args.topk,
+        max_frames=args.max_frames,
+        stall_timeout_s=max(args.timeout, 1.0),
+        reconnect_timeout_s=args.reconnect,
+    )
+
+
+def source_options_from_args(args: argparse.Namespace, device: str) -> "SourceOptions":
+    """How ``streamer run`` opens its sources; ``device`` is the model's (frames decoded there: JPEG folders, nvdec)."""
+    from engines.backends.base import resolve_device_name
+    from streamer.sources import SourceOptions
+
+    return SourceOptions(
+        gst=args.gst,
+        open_timeout_s=args.timeout,
+        read_timeout_s=args.timeout,
+        realtime=args.realtime,
+        width=args.input_width,
+        height=args.input_height,
+        fps=args.input_fps,
+        lossless=args.lossless,
+        decoder=args.decoder,
+        device=resolve_device_name(device),
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
     from dataclasses import replace
 
-    from engines.backends import choose_auto_backend, create_backend
+    from engines.backends import choose_auto_backend
     from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
     from streamer.multi import cmd_run_multi, is_multi
-    from streamer.pipeline import Pipeline, PipelineConfig
+    from streamer.pipeline import Pipeline
     from streamer.sinks import NullSink, display_available, make_sink
     from streamer.sinks.terminal import TerminalLabels
-    from streamer.sources import SourceOptions, open_source
+    from streamer.sources import open_source
 
     if args.show and args.headless:
         raise ConfigError("--show and --headless contradict each other")
@@ -409,13 +443,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.show and not display_available():
         raise ConfigError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set, or OpenCV has no GUI); use -o or --headless")
     _check_distinct_outputs(args)
-    config = PipelineConfig(
-        batch=args.batch,
-        topk=args.topk,
-        max_frames=args.max_frames,
-        stall_timeout_s=max(args.timeout, 1.0),
-        reconnect_timeout_s=args.reconnect,
-    )
+    config = pipeline_config_from_args(args)
     options = backend_options_from_args(args)
     # Cheap checks first, so bad input fails with one line before anything loads:
     # the output paths, then the source (opening it decodes the first frame).
@@ -423,18 +451,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     json_to_stdout = args.predictions is not None and str(args.predictions) == "-"
     info = sys.stderr if json_to_stdout else sys.stdout
     sink, observers = _make_outputs(args)
-    source_options = SourceOptions(
-        gst=args.gst,
-        open_timeout_s=args.timeout,
-        read_timeout_s=args.timeout,
-        realtime=args.realtime,
-        width=args.input_width,
-        height=args.input_height,
-        fps=args.input_fps,
-        lossless=args.lossless,
-        decoder=args.decoder,
-        device=resolve_device_name(options.device),  # a model on a GPU gets frames decoded there (JPEG folders, nvdec)
-    )
+    source_options = source_options_from_args(args, options.device)
     with contextlib.ExitStack() as until_the_pipeline_owns_it:
         source = open_source(args.source, source_options)
         until_the_pipeline_owns_it.callback(source.close)
@@ -502,7 +519,7 @@ def _local_recipe(name: str, spec: "ModelSpec", weights: "WeightsChoice", option
 
 def _annotators(args: argparse.Namespace) -> "list[Annotator]":
     """The overlay parts ``--no-labels`` / ``--no-stats`` leave on."""
-    from streamer.overlay import Annotator, LabelAnnotator, StatsAnnotator
+    from streamer.overlay import LabelAnnotator, StatsAnnotator
 
     annotators: list[Annotator] = []
     if not args.no_labels:

@@ -398,11 +398,18 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
 
     from engines.backends import choose_auto_backend, create_backend
     from engines.backends.base import resolve_device_name
-    from streamer.cli import EXIT_INTERRUPTED, _annotators, backend_options_from_args, resolve_model
+    from streamer.cli import (
+        EXIT_INTERRUPTED,
+        _annotators,
+        backend_options_from_args,
+        pipeline_config_from_args,
+        resolve_model,
+        source_options_from_args,
+    )
     from streamer.inference import InferenceWorker, Recipe
     from streamer.overlay import StreamNameAnnotator
-    from streamer.pipeline import Pipeline, PipelineConfig
-    from streamer.sources import SourceOptions, open_source
+    from streamer.pipeline import Pipeline
+    from streamer.sources import open_source
 
     texts = sources_of(args)
     if args.show:
@@ -428,27 +435,10 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         raise ConfigError(f"--predictions {predictions}: with several sources give a folder (each stream writes DIR/NAME.jsonl) or '-'")
     if args.token is not None and not any(_looks_http(o) for o in args.output or []):
         raise ConfigError("--token applies to a live view (-o http://HOST:PORT/)")
-    config = PipelineConfig(
-        batch=args.batch,
-        topk=args.topk,
-        max_frames=args.max_frames,
-        stall_timeout_s=max(args.timeout, 1.0),
-        reconnect_timeout_s=args.reconnect,
-    )
+    config = pipeline_config_from_args(args)
     json_to_stdout = predictions is not None and str(predictions) == "-"
     info = sys.stderr if json_to_stdout else sys.stdout
-    source_options = SourceOptions(
-        gst=args.gst,
-        open_timeout_s=args.timeout,
-        read_timeout_s=args.timeout,
-        realtime=args.realtime,
-        width=args.input_width,
-        height=args.input_height,
-        fps=args.input_fps,
-        lossless=args.lossless,
-        decoder=args.decoder,
-        device=resolve_device_name(args.device),  # a model on a GPU gets frames decoded there (JPEG folders, nvdec)
-    )
+    source_options = source_options_from_args(args, args.device)
     names = stream_names(texts, gst=args.gst)
     streams = [Stream(name, text) for name, text in zip(names, texts)]
     with contextlib.ExitStack() as until_the_pipelines_own_them:
