@@ -486,3 +486,28 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> str:
     error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(error_lines) == 1, f"expected one error line, got {len(error_lines)}:\n{result.stderr}"
     return error_lines[0]
+
+
+def start_run_with_live_view(cwd: Path, args: Sequence[str | Path], url_line: "re.Pattern[str]") -> tuple[subprocess.Popen[str], str, list[str]]:
+    """``streamer run ARGS`` in the background, read until stderr prints the live view's URL (``url_line``'s
+    group 1); returns the process, the URL and stderr's lines, which a thread keeps appending to."""
+    import pytest
+
+    process = subprocess.Popen(
+        streamer_cmd("run", *args), cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stderr = process.stderr
+    assert stderr is not None
+    lines: list[str] = []
+    while True:
+        line = stderr.readline()
+        if not line:
+            process.wait(30)
+            pytest.fail("the run ended before serving its live view:\n" + "".join(lines))
+        lines.append(line)
+        match = url_line.search(line)
+        if match:
+            break
+    threading.Thread(target=lambda: lines.extend(stderr.readlines()), daemon=True).start()  # keep draining
+    return process, match.group(1), lines

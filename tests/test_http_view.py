@@ -27,13 +27,12 @@ from helpers import (
     MODEL,
     SAMPLE_IMAGES,
     assert_clean_failure,
-    cli_env,
     count_frames,
     read_jsonl,
     read_stamp,
     run_cli,
     stamp_index,
-    streamer_cmd,
+    start_run_with_live_view,
 )
 
 from engines.backends.base import Prediction
@@ -193,23 +192,8 @@ class MjpegClient(threading.Thread):
 
 def _start_run(tmp_path: Path, *args: str | Path) -> tuple[subprocess.Popen[str], str]:
     """``streamer run ...`` in the background; returns it and the live view's URL (read from stderr)."""
-    process = subprocess.Popen(
-        streamer_cmd("run", *args), cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            process.wait(30)
-            pytest.fail("the run ended before serving its live view:\n" + "".join(lines))
-        lines.append(line)
-        match = URL_LINE.search(line)
-        if match:
-            break
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep draining
-    return process, match.group(1)
+    process, url, _lines = start_run_with_live_view(tmp_path, args, URL_LINE)
+    return process, url
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

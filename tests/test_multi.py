@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from faults.media import sample_frames
 from faults.mjpeg import MjpegCamera
-from helpers import MODEL, SAMPLE_IMAGES, assert_clean_failure, cli_env, count_frames, run_cli, streamer_cmd
+from helpers import (
+    MODEL,
+    SAMPLE_IMAGES,
+    assert_clean_failure,
+    count_frames,
+    run_cli,
+    start_run_with_live_view,
+)
+
 from streamer.multi import base_name, read_sources_file, stream_names, video_extension
 
 MODEL_ARGS = ["-m", MODEL, "--backend", "torch", "--device", "cpu"]
@@ -175,23 +182,7 @@ def test_json_lines_on_stdout_carry_the_stream(tmp_path: Path, short_clip: Path,
 
 # -- live and file together, the live view, signals -----------------------------------------------------------
 def _start(tmp_path: Path, *args: str | Path) -> tuple[subprocess.Popen[str], str, list[str]]:
-    process = subprocess.Popen(
-        streamer_cmd("run", *args), cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            process.wait(30)
-            pytest.fail("the run ended before serving its live view:\n" + "".join(lines))
-        lines.append(line)
-        match = LIVE_URL.search(line)
-        if match:
-            break
-    threading.Thread(target=lambda: lines.extend(process.stderr.readlines()), daemon=True).start()  # type: ignore[union-attr]
-    return process, match.group(1), lines
+    return start_run_with_live_view(tmp_path, args, LIVE_URL)
 
 
 def _first_jpeg(url: str, timeout: float = 60.0) -> bytes:
@@ -396,9 +387,9 @@ def test_chromium_shows_every_stream_on_the_page_with_the_token() -> None:
     import io
 
     import cv2
+    from test_http_view import Chromium
 
     from streamer.sinks.http import HttpAddress, HttpHub
-    from test_http_view import Chromium
 
     hub = HttpHub(HttpAddress("127.0.0.1", 0), ["cam0", "bikes"], token="tok", announce=io.StringIO())
     sizes = {"cam0": (320, 180), "bikes": (256, 144)}
