@@ -26,6 +26,7 @@ The Python API (``streamer.run``) stays single-source.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -34,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TextIO
 from urllib.parse import urlsplit
 
 from engines.errors import ConfigError, SourceError, StreamerError
@@ -260,17 +261,59 @@ class MultiRun:
         self.interrupted = False
 
     def _wait_for(self, running: list[Stream]) -> None:
-        """Until every stream's thread has ended.  Ctrl-C / SIGTERM (a ``KeyboardInterrupt`` that may land
-        anywhere in this loop, the loop's own condition included) interrupts the streams and keeps waiting:
-        leaving early would close the shared worker under streams still finalising their outputs."""
+        """Until every stream's thread has ended (stop signals only interrupt the streams meanwhile:
+        see :meth:`_signals_interrupt_streams`; leaving early would close the shared worker under
+        streams still finalising their outputs)."""
         while True:
             try:
                 alive = [s.thread for s in running if s.thread is not None and s.thread.is_alive()]
                 if not alive:
                     return
                 alive[0].join(timeout=0.1)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # a handler that raises anyway (not ours): same as a signal
                 self.interrupt()
+
+    @contextlib.contextmanager
+    def _signals_interrupt_streams(self) -> Iterator[None]:
+        """While the streams run, Ctrl-C / SIGTERM / SIGHUP interrupt every stream and raise nothing.
+
+        A ``KeyboardInterrupt`` raised by a signal handler lands on whatever bytecode the main thread
+        runs next, which may lie outside any ``try`` (Python 3.11 checks for signals at a loop's
+        backward jump): it escaped the wait loop about one run in five on a loaded machine and closed
+        the shared worker under a live stream.  So each stop signal whose handler is Python's (the
+        CLI's, or Python's default Ctrl-C handler) is wrapped: the wrapper interrupts the streams, then
+        calls the previous handler (it keeps its own record: the CLI ignores later signals) and swallows
+        the ``KeyboardInterrupt`` it raises.  Off the main thread signals cannot be handled here: no-op.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        import signal
+
+        previous: dict[int, Any] = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.interrupt()
+            handler = previous.get(signum)
+            if callable(handler):
+                try:
+                    handler(signum, frame)
+                except KeyboardInterrupt:
+                    pass
+
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                previous[signum] = handler
+                signal.signal(signum, on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _run_one(self, stream: Stream) -> None:
         assert stream.pipeline is not None
@@ -314,19 +357,20 @@ class MultiRun:
         running = [s for s in self.streams if s.pipeline is not None]
         error: BaseException | None = None
         batches0 = self.worker.batches_done
-        try:
+        with self._signals_interrupt_streams():
             try:
-                self.worker.start()
-                for stream in running:
-                    stream.thread = threading.Thread(target=self._run_one, args=(stream,), name=f"stream-{stream.name}", daemon=True)
-                    stream.thread.start()
-            except KeyboardInterrupt:
-                self.interrupt()  # the streams already started finalise what they labelled
-            self._wait_for(running)
-            error = self.load_error()
-        finally:
-            if self.close_worker:
-                self.worker.close(timeout=self.join_timeout_s)
+                try:
+                    self.worker.start()
+                    for stream in running:
+                        stream.thread = threading.Thread(target=self._run_one, args=(stream,), name=f"stream-{stream.name}", daemon=True)
+                        stream.thread.start()
+                except KeyboardInterrupt:
+                    self.interrupt()  # the streams already started finalise what they labelled
+                self._wait_for(running)
+                error = self.load_error()
+            finally:
+                if self.close_worker:
+                    self.worker.close(timeout=self.join_timeout_s)
         if error is not None:
             raise error if isinstance(error, StreamerError) else _model_error(error)
         frames = sum(s.summary.frames_out for s in running if s.summary is not None)

@@ -197,12 +197,6 @@ def _first_jpeg(url: str, timeout: float = 60.0) -> bytes:
     return data[start : data.index(b"\xff\xd9", start) + 2]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race (issue #16 note): about 1 run in 5 on a loaded 2-core machine the camera's pipeline meets the "
-    "shared worker already closed after SIGTERM ('the inference worker is closed') and its recording is discarded; "
-    "the file's outputs are always complete",
-)
 def test_live_camera_and_file_on_one_page_then_sigterm_finalises_both(tmp_path: Path, short_clip: Path) -> None:
     """A live MJPEG camera and a file in one run: the page lists both, each has its own MJPEG URL;
     the file ends (complete) while the camera goes on; SIGTERM finalises the camera's recording."""
@@ -247,6 +241,76 @@ def test_live_camera_and_file_on_one_page_then_sigterm_finalises_both(tmp_path: 
     assert recorded == len(_records(out / f"{camera_name}.jsonl")), said
     assert "interrupted" in stdout or "interrupted" in "".join(lines)
 
+
+
+class _FinalisingPipeline:
+    """Stands in for a stream's Pipeline: runs until interrupted, then takes a while to finalise,
+    and notes whether the shared worker was still open when it finished."""
+
+    def __init__(self, worker: "_Worker") -> None:
+        self.worker = worker
+        self.asked = threading.Event()
+        self.worker_open_at_end: bool | None = None
+
+    def interrupt(self) -> None:
+        self.asked.set()
+
+    def run(self) -> None:
+        assert self.asked.wait(30)
+        time.sleep(0.3)  # finalising its outputs
+        self.worker_open_at_end = not self.worker.closed
+        raise KeyboardInterrupt
+
+
+class _Worker:
+    thread = None
+    batches_done = 0
+    closed = False
+
+    def start(self) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> bool:
+        self.closed = True
+        return True
+
+
+def test_stop_signals_interrupt_every_stream_and_the_worker_closes_after_them() -> None:
+    """SIGTERM three times during a several-stream run (the CLI's handler raises KeyboardInterrupt on the
+    first): every stream is interrupted, nothing escapes the run, the shared worker is closed only after
+    every stream finalised, and the handler is the CLI's again afterwards."""
+    from streamer.multi import MultiRun, Stream
+
+    calls: list[int] = []
+
+    def cli_like(signum: int, frame: object) -> None:
+        calls.append(signum)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, cli_like)
+    try:
+        worker = _Worker()
+        streams = [Stream(f"s{i}", f"s{i}") for i in range(4)]
+        for stream in streams:
+            stream.pipeline = _FinalisingPipeline(worker)  # type: ignore[assignment]
+
+        def kill_thrice() -> None:
+            for _ in range(3):
+                time.sleep(0.05)
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+
+        killer = threading.Thread(target=kill_thrice)
+        killer.start()
+        result = MultiRun(streams, worker).run()  # type: ignore[arg-type]
+        killer.join()
+        assert signal.getsignal(signal.SIGTERM) is cli_like
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.interrupted and calls == [signal.SIGTERM] * 3
+    assert all(s.interrupted and not s.failed for s in streams)
+    assert [s.pipeline.worker_open_at_end for s in streams] == [True] * 4  # type: ignore[union-attr]
+    assert worker.closed
 
 
 def test_a_camera_lost_mid_run_ends_only_its_stream(tmp_path: Path, clip_factory: Callable[..., Path]) -> None:
@@ -297,8 +361,13 @@ def test_bench_streams_smoke_on_cpu(tmp_path: Path, short_clip: Path) -> None:
         assert p["ok_streams"] == p["streams"], p
         assert p["frames_out"] > 0 and p["p99_ms"] is not None
         assert p["realtime"] == (not p["failed"])
+        if p["mode"] == "one process":  # where the CPU went, by thread role (Linux /proc)
+            assert {"capture", "render", "batcher", "inference worker"} <= set(p["cpu_cores"]), p["cpu_cores"]
+            assert sum(p["cpu_cores"].values()) > 0.1, p["cpu_cores"]
+            assert p["gil_wait_ms"] is not None and 0 <= p["gil_wait_ms"][0] <= p["gil_wait_ms"][1]
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "## Several streams" in markdown and "Largest real-time N" in markdown
+    assert "Where the CPU went in one process" in markdown
 
 
 # -- the pinned upload buffer under batches of every size ------------------------------------------------------

@@ -75,6 +75,11 @@ class StreamsPoint(JsonRecord):
     realtime: bool = False
     failed: list[str] = field(default_factory=list)
     """Why a stream failed or what was not real-time."""
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    """One process: CPU seconds per wall second by thread role (render, capture, batcher, inference worker,
+    native: FFmpeg's and CUDA's own threads), from /proc (:mod:`streamer.bench.threads`)."""
+    gil_wait_ms: tuple[float, float] | None = None
+    """One process: p50 / p99 of how late a 1 ms sleep woke (the wait for Python's GIL, plus the scheduler's)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,21 @@ class StreamsReport(JsonRecord):
                     f"{stages if p.stage_ms else '--'} | {'yes' if p.realtime else 'no'} | {notes} |"
                 )
             lines.append("")
+            cpu = [p for p in case.points if p.cpu_cores]
+            if cpu:
+                roles = sorted({r for p in cpu for r in p.cpu_cores}, key=lambda r: -max(p.cpu_cores.get(r, 0.0) for p in cpu))
+                lines += [
+                    "Where the CPU went in one process (cores busy, i.e. CPU seconds per second, by thread role; "
+                    "GIL wait: how late a 1 ms sleep woke):",
+                    "",
+                    "| N | " + " | ".join(roles) + " | total | GIL wait p50 / p99 ms |",
+                    "|---|" + "---|" * (len(roles) + 2),
+                ]
+                for p in cpu:
+                    gil = f"{p.gil_wait_ms[0]:.2f} / {p.gil_wait_ms[1]:.2f}" if p.gil_wait_ms else "--"
+                    cells = " | ".join(f"{p.cpu_cores[r]:.2f}" if r in p.cpu_cores else "--" for r in roles)
+                    lines.append(f"| {p.streams} | {cells} | {sum(p.cpu_cores.values()):.2f} | {gil} |")
+                lines.append("")
         return "\n".join(lines)
 
 
@@ -205,6 +225,8 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
     from streamer.sinks import NullSink
     from streamer.sources import SourceOptions, open_source
 
+    from streamer.bench.threads import ThreadSampler
+
     config = PipelineConfig(batch=1, topk=1, max_frames=frames)
     streams = []
     try:
@@ -223,7 +245,9 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
                 s.source.close()
         raise
     before = _busy_s(worker)
-    result = MultiRun(streams, worker, close_worker=False).run()
+    with ThreadSampler() as sampler:
+        result = MultiRun(streams, worker, close_worker=False).run()
+    use = sampler.result
     busy = (_busy_s(worker) - before) / result.elapsed_s if result.elapsed_s > 0 else None
     stage_ms: dict[str, float] = {}
     for stage in ("decode", "preprocess", "inference", "render"):
@@ -245,7 +269,11 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
                 "p99": lat.p99_ms if lat else None,
             }
         )
-    return _point("one process", n, rows, source_fps, mean_batch=result.mean_batch, worker_busy=busy, stage_ms=stage_ms)
+    point = _point("one process", n, rows, source_fps, mean_batch=result.mean_batch, worker_busy=busy, stage_ms=stage_ms)
+    if use is None:
+        return point
+    gil = (use.gil_wait_p50_ms, use.gil_wait_p99_ms) if use.gil_wait_p50_ms is not None and use.gil_wait_p99_ms is not None else None
+    return replace(point, cpu_cores=dict(use.cores), gil_wait_ms=gil)
 
 
 def _busy_s(worker: Any) -> float:
