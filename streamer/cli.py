@@ -195,6 +195,7 @@ def _build_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     outputs.add_argument("--gst-output", action="store_true", help="-o is a GStreamer pipeline starting with appsrc (needs OpenCV with GStreamer)")
     p.add_argument("--lossless", action="store_true", help="read a live GStreamer pipeline like a file: every frame, no reconnect")
     p.add_argument("--decoder", "--decode", dest="decoder", default="auto", choices=("auto", "ffmpeg", "gstreamer", "nvdec"), help="video files: auto (GStreamer's nvv4l2decoder where present, as on a Jetson; else FFmpeg), ffmpeg, gstreamer, or nvdec (NVIDIA's GPU decoder through PyNvVideoCodec, frames kept on the GPU: pip install 'streamer[nvdec]') (default: auto)")
+    performance.add_argument("--decode-threads", type=_positive_int, default=None, metavar="N", help="FFmpeg's threads per video decoder (default: one per core; with several sources the cores shared among them)")
     p.add_argument("--input-width", type=_positive_int, default=None, metavar="W", help="cameras and csi://N: capture width to ask for")
     p.add_argument("--input-height", type=_positive_int, default=None, metavar="H", help="cameras and csi://N: capture height to ask for")
     p.add_argument("--input-fps", type=_positive_float, default=None, metavar="FPS", help="cameras and csi://N: capture frame rate to ask for")
@@ -418,6 +419,7 @@ def source_options_from_args(args: argparse.Namespace, device: str) -> "SourceOp
         lossless=args.lossless,
         decoder=args.decoder,
         device=resolve_device_name(device),
+        decode_threads=getattr(args, "decode_threads", None),
     )
 
 

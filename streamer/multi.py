@@ -243,6 +243,41 @@ class MultiResult:
 
 
 # -- the run ------------------------------------------------------------------------------------
+def decode_threads_for(streams: int) -> int | None:
+    """FFmpeg threads per decoder when ``streams`` decode in one process: the cores shared among them
+    (None for one stream: OpenCV's default, one per core)."""
+    if streams <= 1:
+        return None
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // streams)
+
+
+SWITCH_INTERVAL_ENV = "STREAMER_SWITCH_INTERVAL_MS"
+
+
+def switch_interval_s() -> float | None:
+    """Python's thread switch interval for a several-stream run (``sys.setswitchinterval``), from
+    ``$STREAMER_SWITCH_INTERVAL_MS``; None: Python's own (5 ms)."""
+    import math
+    import os
+
+    text = os.environ.get(SWITCH_INTERVAL_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"${SWITCH_INTERVAL_ENV}: expected milliseconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0.01 <= value <= 100:
+        raise ConfigError(f"${SWITCH_INTERVAL_ENV}: expected 0.01 to 100 ms, got {text}")
+    return value / 1000.0
+
+
 class MultiRun:
     """Run several pipelines on one shared :class:`InferenceWorker` until every stream ends.
 
@@ -252,12 +287,17 @@ class MultiRun:
     every pipeline so each finalises its own outputs.  The worker is closed at the end.
     """
 
-    def __init__(self, streams: list[Stream], worker: "InferenceWorker", join_timeout_s: float = 2.0, close_worker: bool = True) -> None:
+    def __init__(
+        self, streams: list[Stream], worker: "InferenceWorker", join_timeout_s: float = 2.0, close_worker: bool = True,
+        switch_interval_s: float | None = None,
+    ) -> None:  # fmt: skip
         self.streams = streams
         self.worker = worker
         self.join_timeout_s = join_timeout_s
         self.close_worker = close_worker
         """False: the worker outlives the run (the bench runs several on one)."""
+        self.switch_interval_s = switch_interval_s
+        """Python's thread switch interval while the streams run (None: leave it as it is)."""
         self.interrupted = False
 
     def _wait_for(self, running: list[Stream]) -> None:
@@ -357,7 +397,11 @@ class MultiRun:
         running = [s for s in self.streams if s.pipeline is not None]
         error: BaseException | None = None
         batches0 = self.worker.batches_done
-        with self._signals_interrupt_streams():
+        interval = sys.getswitchinterval()
+        if self.switch_interval_s is not None:
+            sys.setswitchinterval(self.switch_interval_s)
+        with contextlib.ExitStack() as restore, self._signals_interrupt_streams():
+            restore.callback(sys.setswitchinterval, interval)
             try:
                 try:
                     self.worker.start()
@@ -483,6 +527,8 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
     json_to_stdout = predictions is not None and str(predictions) == "-"
     info = sys.stderr if json_to_stdout else sys.stdout
     source_options = source_options_from_args(args, args.device)
+    if source_options.decode_threads is None:
+        source_options = replace(source_options, decode_threads=decode_threads_for(len(texts)))
     names = stream_names(texts, gst=args.gst)
     streams = [Stream(name, text) for name, text in zip(names, texts)]
     with contextlib.ExitStack() as until_the_pipelines_own_them:
@@ -543,7 +589,7 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         file=info, flush=True,
     )  # fmt: skip
     try:
-        result = MultiRun(streams, worker).run()
+        result = MultiRun(streams, worker, switch_interval_s=switch_interval_s()).run()
     finally:
         if hub is not None:
             hub.stop()

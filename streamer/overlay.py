@@ -8,6 +8,7 @@ dark band so it stays legible on any frame size and content.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +46,17 @@ def _text_scale(image: np.ndarray) -> tuple[float, int]:
     return scale, max(1, int(round(scale * 2)))
 
 
+@functools.lru_cache(maxsize=1024)
+def _text_size(text: str, scale: float, thickness: int) -> tuple[tuple[int, int], int]:
+    """``cv2.getTextSize`` in the font every annotator uses, remembered: the model line and a stream's
+    name are the same on every frame, and each OpenCV call is one more wait for the GIL when many
+    streams render at once."""
+    import cv2
+
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    return (int(w), int(h)), int(base)
+
+
 def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool) -> None:
     import cv2
 
@@ -53,7 +65,7 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool
     font = cv2.FONT_HERSHEY_SIMPLEX
     scale, thickness = _text_scale(image)
     h, w = image.shape[:2]
-    sizes = [cv2.getTextSize(text, font, scale, thickness) for text, _ in lines]
+    sizes = [_text_size(text, scale, thickness) for text, _ in lines]
     line_h = max(sz[0][1] + sz[1] for sz in sizes) + int(8 * scale)
     # Shrink the text until the widest line fits the frame (re-measured each time:
     # glyph widths do not scale exactly with the font scale).
@@ -63,7 +75,7 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool
             break
         scale *= max(0.5, min(0.95, (w - 12) / max(widest, 1)))
         thickness = max(1, int(round(scale * 2)))
-        sizes = [cv2.getTextSize(text, font, scale, thickness) for text, _ in lines]
+        sizes = [_text_size(text, scale, thickness) for text, _ in lines]
         widest = max(sz[0][0] for sz in sizes)
         line_h = max(sz[0][1] + sz[1] for sz in sizes) + max(2, int(8 * scale))
     band_h = line_h * len(lines) + 6
@@ -127,14 +139,14 @@ class StreamNameAnnotator:
         font = cv2.FONT_HERSHEY_SIMPLEX
         scale, thickness = _text_scale(image)
         h, w = image.shape[:2]
-        (tw, th), base = cv2.getTextSize(self.name, font, scale, thickness)
+        (tw, th), base = _text_size(self.name, scale, thickness)
         if tw + 12 > w:  # a long name on a small frame: shrink it to fit
             scale *= max(0.1, (w - 12) / max(tw, 1))
             thickness = max(1, int(round(scale * 2)))
-            (tw, th), base = cv2.getTextSize(self.name, font, scale, thickness)
+            (tw, th), base = _text_size(self.name, scale, thickness)
         band_h = min(h, th + base + int(8 * scale) + 6)
         x0 = max(0, w - tw - 14)
         roi = image[0:band_h, x0:w]
-        roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)
+        cv2.convertScaleAbs(roi, dst=roi, alpha=0.4)  # darken under the name, in place, as _draw_lines does
         cv2.putText(image, self.name, (x0 + 7, band_h - base - 3), font, scale, self.colour, thickness, cv2.LINE_AA)
         return image

@@ -86,8 +86,15 @@ class SourceOptions:
     JPEGs are decoded on it in batches (:class:`streamer.gpu_frames.GpuJpegFolderSource`) and
     ``--decoder nvdec`` decodes on it; elsewhere the CPU path."""
     extra: dict[str, str] = field(default_factory=dict)
+    decode_threads: int | None = None
+    """Video files and network streams through FFmpeg: the decoder's threads (OpenCV's
+    ``CAP_PROP_N_THREADS``); None: OpenCV's default, one per core.  Several streams in one process
+    share the cores instead (:func:`streamer.multi.decode_threads_for`): 32 decoders of 16 threads
+    each spent their time switching between 512 threads."""
 
     def __post_init__(self) -> None:
+        if self.decode_threads is not None and not (isinstance(self.decode_threads, int) and 1 <= self.decode_threads <= 64):
+            raise ConfigError(f"decode threads must be between 1 and 64, got {self.decode_threads!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         for name in ("width", "height"):
@@ -318,6 +325,9 @@ class CaptureSource(Source):
             int(cv2.CAP_PROP_READ_TIMEOUT_MSEC),
             int(self.options.read_timeout_s * 1000),
         ]
+        threads = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6
+        if self.options.decode_threads is not None and threads is not None and self.api == cv2.CAP_FFMPEG:
+            params += [int(threads), self.options.decode_threads]  # FFmpeg only: another backend refuses to open on a parameter it does not know
         return params
 
     _not_opened_reason = ""

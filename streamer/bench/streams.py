@@ -108,6 +108,10 @@ class StreamsReport(JsonRecord):
     command: str
     environment: dict[str, Any]
     cases: list[StreamsCase]
+    switch_interval_ms: float | None = None
+    """Python's thread switch interval in the one-process runs (``$STREAMER_SWITCH_INTERVAL_MS``; 5 is Python's)."""
+    decode_threads: str = ""
+    """FFmpeg threads per decoder in the one-process runs."""
 
     def markdown(self) -> str:
         interval = 1000.0 / self.source_fps
@@ -123,6 +127,12 @@ class StreamsReport(JsonRecord):
             "frames discarded (no encoder). N processes: N `streamer run SRC --realtime --headless` started together.",
             "",
         ]
+        if self.switch_interval_ms is not None or self.decode_threads:
+            lines += [
+                f"One process: Python's thread switch interval {self.switch_interval_ms:g} ms; "
+                f"FFmpeg threads per decoder: {self.decode_threads or 'OpenCV default'}.",
+                "",
+            ]
         for case in self.cases:
             one, many = case.largest_realtime("one process"), case.largest_realtime("N processes")
             lines += [
@@ -219,7 +229,7 @@ def loop_video(source: Path, target: Path, times: int) -> None:
 # -- one process -------------------------------------------------------------------------------------------
 def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: float) -> StreamsPoint:
     """N live replays of ``path`` through N pipelines on ``worker`` (loaded, shared)."""
-    from streamer.multi import MultiRun, Stream
+    from streamer.multi import MultiRun, Stream, decode_threads_for, switch_interval_s
     from streamer.overlay import LabelAnnotator, StatsAnnotator, StreamNameAnnotator
     from streamer.pipeline import Pipeline, PipelineConfig
     from streamer.sinks import NullSink
@@ -233,7 +243,7 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
         for i in range(n):
             name = f"stream{i}"
             stream = Stream(name, str(path))
-            stream.source = open_source(str(path), SourceOptions(realtime=True))
+            stream.source = open_source(str(path), SourceOptions(realtime=True, decode_threads=decode_threads_for(n)))
             stream.pipeline = Pipeline(
                 stream.source, NullSink(), worker, config,
                 annotators=[StreamNameAnnotator(name), LabelAnnotator(1), StatsAnnotator()],
@@ -246,7 +256,7 @@ def run_one_process(path: Path, n: int, worker: Any, frames: int, source_fps: fl
         raise
     before = _busy_s(worker)
     with ThreadSampler() as sampler:
-        result = MultiRun(streams, worker, close_worker=False).run()
+        result = MultiRun(streams, worker, close_worker=False, switch_interval_s=switch_interval_s()).run()
     use = sampler.result
     busy = (_busy_s(worker) - before) / result.elapsed_s if result.elapsed_s > 0 else None
     stage_ms: dict[str, float] = {}
@@ -404,6 +414,7 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
     from streamer.bench.environment import collect
     from streamer.cli import backend_options_from_args
     from streamer.inference import InferenceWorker
+    from streamer.multi import decode_threads_for, switch_interval_s
 
     counts = parse_counts(args.streams, "--streams")
     if not counts:
@@ -442,6 +453,8 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
         report = StreamsReport(
             source=source.name, width=width, height=height, source_fps=fps, frames_per_stream=frames, max_wait_ms=args.max_wait_ms,
             command=shlex.join(command), environment=environment, cases=cases + ([partial] if partial is not None else []),
+            switch_interval_ms=round((switch_interval_s() or sys.getswitchinterval()) * 1000.0, 3),
+            decode_threads="the cores / N (" + ", ".join(f"N={n}: {decode_threads_for(n) or 'default'}" for n in counts) + ")",
         )  # fmt: skip
         (report_dir / "streams.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
         (report_dir / "report.md").write_text(f"# streamer bench --streams\n\n{report.markdown()}\n", encoding="utf-8")
