@@ -43,47 +43,6 @@ def frame_pixels(frame: Frame) -> "np.ndarray | torch.Tensor":
     return frame.device_image if frame.device_image is not None else frame.image
 
 
-class HostUploader:
-    """Uploads one stream's host frames to the GPU on the stream's own thread, before they go to a shared worker.
-
-    With several streams on one :class:`~streamer.inference.InferenceWorker`, copying every frame into
-    page-locked memory and onto the GPU on the worker's one thread made that thread the limit (about
-    1 ms of a 720p frame's 1.9 ms in a batch, measured on the H200 machine at 32 streams).  Each
-    stream's batcher thread does it instead, in parallel: the frame is copied into this uploader's
-    pinned buffer (one per frame shape, reused), sent on its own CUDA stream, and waited for (the
-    pinned buffer is then free again, and the worker gets a finished device tensor, which
-    :func:`engines.preprocess.preprocess` takes as it takes a GPU decoder's).
-    """
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self.device = torch.device(device)
-        self.stream = torch.cuda.Stream(self.device)
-        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def upload(self, images: "list[np.ndarray | torch.Tensor]") -> "list[np.ndarray | torch.Tensor]":
-        """The same images, host arrays replaced by (H, W, 3) uint8 tensors on the device (tensors pass through)."""
-        import torch
-
-        out: "list[np.ndarray | torch.Tensor]" = []
-        with torch.cuda.stream(self.stream):
-            for image in images:
-                if isinstance(image, torch.Tensor) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                    out.append(image)  # on a device already, or one the preprocessing converts (grey, BGRA)
-                    continue
-                shape = tuple(image.shape)
-                pinned = self._pinned.get(shape)
-                if pinned is None:
-                    if len(self._pinned) >= 4:  # a stream whose size keeps changing: do not pin without end
-                        self._pinned.clear()
-                    pinned = self._pinned[shape] = torch.empty(shape, dtype=torch.uint8).pin_memory()
-                np.copyto(pinned.numpy(), image)
-                out.append(pinned.to(self.device, non_blocking=True))
-                self.stream.synchronize()  # before the pinned buffer is written again, and before the worker reads
-        return out
-
-
 def cuda_device(device: str | None) -> str | None:
     """``device`` when it names a CUDA device that torch can use, else None (the CPU path)."""
     if not device or not device.startswith("cuda"):

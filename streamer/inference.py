@@ -60,9 +60,6 @@ class LoadInfo:
     """Building or loading the backend (``Backend.load_seconds``)."""
     ready_s: float | None
     """Load plus the warm-up inference (``Backend.ready_seconds``)."""
-    input_device: str = "cpu"
-    """Where the backend's preprocessing runs (``Backend.input_device``): a caller may upload its frames
-    there itself (:class:`streamer.gpu_frames.HostUploader`), off the worker's thread."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +198,7 @@ class InferenceWorker:
             try:
                 backend = self.recipe()
                 backend.load()
-                info = LoadInfo(backend.description, backend.load_seconds, backend.ready_seconds, backend.input_device)
+                info = LoadInfo(backend.description, backend.load_seconds, backend.ready_seconds)
                 labels = backend.spec.labels
                 if backend.ready_seconds is not None and backend.load_seconds is not None:
                     self.slowest_batch_s = max(0.0, backend.ready_seconds - backend.load_seconds)

@@ -343,27 +343,16 @@ class Pipeline:
             self.summary.backend = self._model_line = info.description
             self._ready_at = time.perf_counter()
             self._ready.set()
-            uploader = None
-            if self.worker.max_batch is not None and info.input_device.startswith("cuda"):
-                # A worker shared by several streams: each stream uploads its own frames, in parallel.
-                from streamer.gpu_frames import HostUploader
-
-                uploader = HostUploader(info.input_device)
             while not self.stop.is_set():
                 frames = self._next_batch()
                 if frames is None:
                     break
-                pixels = [frame_pixels(f) for f in frames]
-                t0 = time.perf_counter()
-                if uploader is not None:
-                    pixels = uploader.upload(pixels)
-                uploaded_s = time.perf_counter() - t0
-                result = self._wait(self.worker.submit(pixels))
+                result = self._wait(self.worker.submit([frame_pixels(f) for f in frames]))
                 if not isinstance(result, BatchResult):
                     return
                 n = len(frames)
                 per = n / result.batch_size  # this run's share of a batch shared with other streams
-                self.times.add("preprocess", result.preprocess_s * per + uploaded_s, n)
+                self.times.add("preprocess", result.preprocess_s * per, n)
                 self.times.add("inference", result.inference_s * per, n)
                 self.times.add("postprocess", result.postprocess_s * per, n)
                 for frame, prediction in zip(frames, result.predictions):
