@@ -490,6 +490,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             source, sink, recipe, config,
             observers=observers, annotators=_annotators(args), warning=warning,
         )  # fmt: skip
+        from streamer.inference import freeze_heap
+
+        pipeline.worker.on_loaded(freeze_heap)  # no full garbage collection walks the loaded model mid-run
         until_the_pipeline_owns_it.pop_all()
     print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", file=info, flush=True)
     from streamer.telemetry.jetson import startup_line

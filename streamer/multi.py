@@ -494,7 +494,7 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         resolve_model,
         source_options_from_args,
     )
-    from streamer.inference import InferenceWorker, Recipe
+    from streamer.inference import InferenceWorker, Recipe, freeze_heap
     from streamer.overlay import StreamNameAnnotator
     from streamer.pipeline import Pipeline
     from streamer.sources import open_source
@@ -566,6 +566,7 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
                 backend_name, device = args.backend, resolve_device_name(args.device)
             recipe = functools.partial(create_backend, backend_name, spec, weights, replace(options, device=device))
         worker = InferenceWorker(recipe, args.topk, max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0)
+        worker.on_loaded(freeze_heap)  # no full garbage collection stops every stream to walk the loaded model
         folders = [o for o in args.output or [] if not _looks_http(o)]
         if predictions is not None and not json_to_stdout:
             folders.append(str(predictions))

@@ -593,3 +593,54 @@ def test_a_camera_frame_from_before_a_slow_load_is_skipped_during_load_not_dropp
     assert summary.skipped_during_load == 1
     assert summary.frames_in == 20
     assert summary.frames_out + summary.dropped + summary.skipped_during_load == summary.frames_in
+
+
+def test_on_loaded_runs_once_after_a_load_and_never_after_a_failed_one() -> None:
+    """What the CLI hangs gc.freeze() on: called on the worker's thread once the backend is loaded (at once
+    when it is already), not at all when the load fails."""
+    import threading
+
+    from streamer.inference import InferenceWorker
+
+    seen: list[str] = []
+    worker = InferenceWorker(FakeBackend)
+    worker.on_loaded(lambda: seen.append(threading.current_thread().name))
+    assert seen == [] and not worker.alive  # registering does not start the worker
+    worker.wait_loaded(30)
+    worker.on_loaded(lambda: seen.append("late"))
+    worker.close(5)
+    assert seen == ["inference", "late"]
+
+    def failing_load() -> Backend:
+        raise BackendError("no such engine")
+
+    failed = InferenceWorker(failing_load)
+    failed.on_loaded(lambda: seen.append("failed"))
+    with pytest.raises(BackendError):
+        failed.wait_loaded(30)
+    failed.close(5)
+    assert "failed" not in seen
+
+
+def test_a_command_line_run_freezes_the_loaded_heap(tmp_path: Path, short_clip: Path) -> None:
+    """``streamer run`` moves what is alive once its model is loaded out of the garbage collector's full
+    passes (gc.freeze): checked inside a real run's process, through its Python entry point."""
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    script = (
+        "import gc, sys\n"
+        "from streamer.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('frozen', gc.get_freeze_count())\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "run", str(short_clip), "--headless", "--no-summary", "-m", "efficientnet_lite0", "--device", "cpu", "--backend", "torch"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frozen = int(result.stdout.strip().splitlines()[-1].split()[1])
+    assert frozen > 10_000, result.stdout[-500:]

@@ -413,7 +413,7 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
     from streamer.bench.config import split_list
     from streamer.bench.environment import collect
     from streamer.cli import backend_options_from_args
-    from streamer.inference import InferenceWorker
+    from streamer.inference import InferenceWorker, freeze_heap
     from streamer.multi import decode_threads_for, switch_interval_s
 
     counts = parse_counts(args.streams, "--streams")
@@ -484,6 +484,7 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
                         info = worker.wait_loaded(timeout=600)
                         _progress(args, f"{model} {backend} {precision} {device}: {info.description}")
                         _warm_up(worker, width, height, max_batch)
+                        freeze_heap()  # as streamer run does once its model is loaded
                         for n in counts:
                             point = run_one_process(clip, n, worker, frames, fps)
                             points.append(point)
