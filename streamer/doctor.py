@@ -228,6 +228,18 @@ def probe_onnxruntime() -> Check:
                  data={"version": onnxruntime.__version__, "providers": providers, "onnx": onnx})
 
 
+def probe_triton() -> Check:
+    """Triton Inference Server: the client (``--backend triton --url``) and PyTriton (``streamer serve``)."""
+    client = _dist_version("tritonclient") if _present("tritonclient") else None
+    server = _dist_version("nvidia-pytriton") if _present("pytriton") else None
+    detail = (f"client tritonclient {client}" if client else "client not installed") + (
+        f"; server nvidia-pytriton {server}" if server else "; server (streamer serve) not installed")
+    if client is None:
+        step = "optional: pip install 'tritonclient[grpc,http]' for --backend triton; streamer serve needs nvidia-pytriton in its own venv (README, Serving on Triton)"
+        return Check("Triton", INFO, detail, step, data={"client": None, "server": server})
+    return Check("Triton", OK, detail, data={"client": client, "server": server})
+
+
 def opencv_build_flags(build_information: str) -> dict[str, str | None]:
     """``cv2.getBuildInformation()`` -> {"GStreamer": "YES (1.22.0)" | "NO", "FFMPEG": ...} (None if not listed)."""
     out: dict[str, str | None] = {}
@@ -306,6 +318,17 @@ def backend_verdicts(checks: dict[str, Check], jetson: bool) -> tuple[list[Check
             providers = checks["ONNX Runtime"].data.get("providers") or []
             why += f"; providers {', '.join(p.removesuffix('ExecutionProvider') for p in providers) or 'none'}"
         out.append(Check(backend, status, why, step, data={"installed": installed, "auto": picked}))
+    triton = checks.get("Triton")
+    client = bool(triton and triton.data.get("client"))
+    out.append(
+        Check(
+            "triton", INFO if client else MISSING,
+            "client installed; a client of a Triton server (--backend triton --url grpc://HOST:PORT, from streamer serve); auto never picks it"
+            if client else "not installed (a client of a Triton server: --backend triton --url grpc://HOST:PORT)",
+            None if client else "pip install 'tritonclient[grpc,http]'",
+            data={"installed": client, "auto": False},
+        )
+    )  # fmt: skip
     return out, auto
 
 
@@ -332,6 +355,7 @@ def diagnose() -> dict[str, Any]:
         _probe("TensorRT-RTX", probe_tensorrt_rtx),
         _probe("torch2trt", probe_torch2trt),
         _probe("ONNX Runtime", probe_onnxruntime),
+        _probe("Triton", probe_triton),
         _probe("OpenCV", lambda: probe_opencv(jetson)),
         _probe("Jetson", lambda: probe_jetson(facts)),
     ]

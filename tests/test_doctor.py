@@ -71,13 +71,13 @@ def test_doctor_json() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     names = [c["name"] for c in data["checks"]]
-    assert names == ["python", "numpy", "torch", "CUDA / GPU", "TensorRT", "TensorRT-RTX", "torch2trt", "ONNX Runtime", "OpenCV", "Jetson"]
+    assert names == ["python", "numpy", "torch", "CUDA / GPU", "TensorRT", "TensorRT-RTX", "torch2trt", "ONNX Runtime", "Triton", "OpenCV", "Jetson"]
     by = {c["name"]: c for c in data["checks"]}
     assert by["TensorRT"]["status"] == "missing" and by["TensorRT"]["next_step"]
     assert "CPUExecutionProvider" in by["ONNX Runtime"]["data"]["providers"]
     assert by["Jetson"]["data"] == {"jetson": False}
     assert data["auto"] == {"backend": "onnxruntime", "device": "cpu"}
-    assert [b["name"] for b in data["backends"]] == ["torch", "onnxruntime", "tensorrt", "torch2trt"]
+    assert [b["name"] for b in data["backends"]] == ["torch", "onnxruntime", "tensorrt", "torch2trt", "triton"]
 
 
 def test_a_failing_probe_is_one_line_and_the_doctor_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
