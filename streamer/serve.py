@@ -16,6 +16,7 @@ about 600 KB per frame at fp32, which a LAN carries at hundreds of frames per se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -25,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 from engines.errors import BackendUnavailable, ConfigError, PipelineError
 
@@ -111,6 +112,62 @@ def _workspace() -> Path:
     mine = root / f"pid-{os.getpid()}"
     shutil.rmtree(mine, ignore_errors=True)  # PyTriton makes it
     return mine
+
+
+HANDSHAKE_S = 60.0
+"""How long ``serve`` waits for the model's Python backend stub to hand over its config (see :func:`_run_triton`)."""
+
+
+def _handshake_timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) and "config file" in str(exc)
+
+
+@contextlib.contextmanager
+def _patient_handshake(timeout_s: float) -> Iterator[None]:
+    """PyTriton's ``Model.setup`` with ``timeout_s`` for the stub's answer instead of its one second."""
+    try:
+        import pytriton.models.model as model_module
+    except ImportError:
+        yield
+        return
+    original = getattr(model_module, "get_config_from_handshake_server", None)
+    if original is None:  # another PyTriton: _run_triton's retries still apply
+        yield
+        return
+
+    def patient(socket_path: Any, timeout_s_: float = 1.0) -> Any:
+        return original(socket_path, timeout_s=max(timeout_s_, timeout_s))
+
+    model_module.get_config_from_handshake_server = patient
+    try:
+        yield
+    finally:
+        model_module.get_config_from_handshake_server = original
+
+
+def _run_triton(triton: Any, timeout_s: float = HANDSHAKE_S) -> None:
+    """``triton.run()``, patient with a model stub that is slow to hand over its config.
+
+    Once tritonserver has loaded the model (and answers that it is ready), PyTriton fetches the
+    config of the model's Python backend stub over a Unix socket in the workspace, and gives it
+    one second (``get_config_from_handshake_server``'s default, which ``Model.setup`` does not
+    change).  On a loaded machine the stub can take longer: ``run`` raised TimeoutError, serve
+    stopped tritonserver, and a server that had answered "ready" a moment before went away.
+    Here the stub gets ``timeout_s``; should a PyTriton without that function time out anyway,
+    ``run`` again (the running tritonserver is kept; nothing of the model's side is set up before
+    that answer) asks again until ``timeout_s`` has passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    with _patient_handshake(timeout_s):
+        while True:
+            try:
+                triton.run()
+                return
+            except TimeoutError as exc:
+                if not _handshake_timed_out(exc) or time.monotonic() >= deadline:
+                    raise
+                log.warning("the Triton model's stub was slow to hand over its config; asking again")
+                time.sleep(1.0)
 
 
 def _import_pytriton() -> Any:
@@ -206,7 +263,7 @@ def serve(
                 strict=True,
             )
             try:
-                triton.run()
+                _run_triton(triton)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - PyTriton's own error types
