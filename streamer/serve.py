@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 import sysconfig
@@ -89,29 +90,82 @@ def _python_library_first() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
 
 
-def _workspace() -> Path:
-    """This server's PyTriton workspace (its model store, about 20 MB), ``$TMPDIR/streamer-serve/pid-N``.
+_LEGACY_WORKSPACE = re.compile(r"pid-\d+")
+_WORKSPACE = re.compile(r"pid-\d+-[0-9a-f]{8}")
 
-    A server killed with SIGKILL cannot remove its own: the next ``streamer serve`` removes those
-    of processes that no longer exist.
+
+@dataclass
+class _Workspace:
+    """This server's PyTriton workspace (its model store, about 20 MB), ``$TMPDIR/streamer-serve/pid-N-RANDOM``.
+
+    Beside it, ``pid-N-RANDOM.lock`` stays locked (``flock``) for the server's life.  A server
+    killed with SIGKILL cannot remove its workspace, but the kernel drops its lock: the next
+    ``streamer serve`` removes the workspaces whose lock it can take, and only those.  A lock,
+    unlike the pid the name carries, says the truth about a server in another pid namespace
+    sharing this temp folder, after its pid was reused, or beside a pid that is alive but not a
+    serve; the random part keeps two servers (or a server and a reused pid) off one name.
     """
+
+    path: Path
+    lock: Path
+    fd: int
+
+    @classmethod
+    def create(cls) -> "_Workspace":
+        import fcntl
+        import secrets
+
+        root = Path(tempfile.gettempdir()) / "streamer-serve"
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_workspaces(root)
+        name = f"pid-{os.getpid()}-{secrets.token_hex(4)}"
+        lock = root / f"{name}.lock"
+        # Locked before it has its name: another serve never sees this lock file unlocked.
+        pending = root / f".{name}.lock.new"
+        fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(pending, lock)
+        return cls(root / name, lock, fd)  # PyTriton makes the folder
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.lock.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+def _remove_stale_workspaces(root: Path) -> None:
+    """Remove the workspaces of servers that are gone (see :class:`_Workspace`)."""
+    import fcntl
     import shutil
 
-    root = Path(tempfile.gettempdir()) / "streamer-serve"
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("pid-*"):
-        pid = old.name[4:]
-        if not pid.isdigit() or int(pid) == os.getpid():
+    for lock in root.glob("pid-*.lock"):
+        folder = lock.with_suffix("")
+        if not _WORKSPACE.fullmatch(folder.name):
             continue
         try:
-            os.kill(int(pid), 0)
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue  # removed by another serve meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its server runs
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    for old in root.glob("pid-*"):  # workspaces of an earlier streamer, named by the pid alone
+        if not old.is_dir() or not _LEGACY_WORKSPACE.fullmatch(old.name):
+            continue
+        try:
+            os.kill(int(old.name[4:]), 0)
         except ProcessLookupError:
             shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass  # alive (another user's)
-    mine = root / f"pid-{os.getpid()}"
-    shutil.rmtree(mine, ignore_errors=True)  # PyTriton makes it
-    return mine
 
 
 HANDSHAKE_S = 60.0
@@ -248,8 +302,8 @@ def serve(
             allow_gpu_metrics=options.device.startswith("cuda"),
         )
         c, h, w = spec.preprocess.input_shape
-        workspace = _workspace()
-        triton = triton_module.Triton(config=triton_config, workspace=workspace)
+        workspace = _Workspace.create()
+        triton = triton_module.Triton(config=triton_config, workspace=workspace.path)
         try:
             triton.bind(
                 model_name=spec.name,
@@ -293,9 +347,7 @@ def serve(
             raise PipelineError(f"the Triton server exited{where}")
         finally:
             triton.stop()
-            import shutil
-
-            shutil.rmtree(workspace, ignore_errors=True)
+            workspace.remove()
             if log_file is not None:
                 log_file.unlink(missing_ok=True)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns both into KeyboardInterrupt)
