@@ -463,3 +463,18 @@ def test_several_sources_share_one_triton_server(server: Server, local_predictio
     assert len(files) == 2, files
     for path in files:
         _assert_labels_the_video(path, local_predictions)
+
+
+def test_a_server_whose_model_is_not_back_yet_is_waited_for() -> None:
+    """What a restarting ``streamer serve`` answers before its model serves again is retried (within
+    --reconnect), a bad request is not."""
+    from engines.backends.triton_backend import TritonBackend
+
+    for text in (
+        "[500] Stub process 'efficientnet_lite0_0_0' is not healthy.",
+        "[StatusCode.NOT_FOUND] Request for unknown model: 'efficientnet_lite0' is not found",
+        "[400] Request for unknown model: 'efficientnet_lite0' has no available versions",
+        "[StatusCode.UNAVAILABLE] Request for unknown model: 'efficientnet_lite0' version 1 is not at ready state",
+    ):
+        assert TritonBackend._model_missing(RuntimeError(text)), text
+    assert not TritonBackend._model_missing(RuntimeError("[400] unexpected shape for input 'input' for model 'efficientnet_lite0'"))
