@@ -16,8 +16,10 @@ about 600 KB per frame at fp32, which a LAN carries at hundreds of frames per se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 import sysconfig
@@ -25,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 from engines.errors import BackendUnavailable, ConfigError, PipelineError
 
@@ -88,29 +90,138 @@ def _python_library_first() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
 
 
-def _workspace() -> Path:
-    """This server's PyTriton workspace (its model store, about 20 MB), ``$TMPDIR/streamer-serve/pid-N``.
+_LEGACY_WORKSPACE = re.compile(r"pid-\d+")
+_WORKSPACE = re.compile(r"pid-\d+-[0-9a-f]{8}")
 
-    A server killed with SIGKILL cannot remove its own: the next ``streamer serve`` removes those
-    of processes that no longer exist.
+
+@dataclass
+class _Workspace:
+    """This server's PyTriton workspace (its model store, about 20 MB), ``$TMPDIR/streamer-serve/pid-N-RANDOM``.
+
+    Beside it, ``pid-N-RANDOM.lock`` stays locked (``flock``) for the server's life.  A server
+    killed with SIGKILL cannot remove its workspace, but the kernel drops its lock: the next
+    ``streamer serve`` removes the workspaces whose lock it can take, and only those.  A lock,
+    unlike the pid the name carries, says the truth about a server in another pid namespace
+    sharing this temp folder, after its pid was reused, or beside a pid that is alive but not a
+    serve; the random part keeps two servers (or a server and a reused pid) off one name.
     """
+
+    path: Path
+    lock: Path
+    fd: int
+
+    @classmethod
+    def create(cls) -> "_Workspace":
+        import fcntl
+        import secrets
+
+        root = Path(tempfile.gettempdir()) / "streamer-serve"
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_workspaces(root)
+        name = f"pid-{os.getpid()}-{secrets.token_hex(4)}"
+        lock = root / f"{name}.lock"
+        # Locked before it has its name: another serve never sees this lock file unlocked.
+        pending = root / f".{name}.lock.new"
+        fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(pending, lock)
+        return cls(root / name, lock, fd)  # PyTriton makes the folder
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.lock.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+def _remove_stale_workspaces(root: Path) -> None:
+    """Remove the workspaces of servers that are gone (see :class:`_Workspace`)."""
+    import fcntl
     import shutil
 
-    root = Path(tempfile.gettempdir()) / "streamer-serve"
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("pid-*"):
-        pid = old.name[4:]
-        if not pid.isdigit() or int(pid) == os.getpid():
+    for lock in root.glob("pid-*.lock"):
+        folder = lock.with_suffix("")
+        if not _WORKSPACE.fullmatch(folder.name):
             continue
         try:
-            os.kill(int(pid), 0)
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue  # removed by another serve meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its server runs
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    for old in root.glob("pid-*"):  # workspaces of an earlier streamer, named by the pid alone
+        if not old.is_dir() or not _LEGACY_WORKSPACE.fullmatch(old.name):
+            continue
+        try:
+            os.kill(int(old.name[4:]), 0)
         except ProcessLookupError:
             shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass  # alive (another user's)
-    mine = root / f"pid-{os.getpid()}"
-    shutil.rmtree(mine, ignore_errors=True)  # PyTriton makes it
-    return mine
+
+
+HANDSHAKE_S = 60.0
+"""How long ``serve`` waits for the model's Python backend stub to hand over its config (see :func:`_run_triton`)."""
+
+
+def _handshake_timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) and "config file" in str(exc)
+
+
+@contextlib.contextmanager
+def _patient_handshake(timeout_s: float) -> Iterator[None]:
+    """PyTriton's ``Model.setup`` with ``timeout_s`` for the stub's answer instead of its one second."""
+    try:
+        import pytriton.models.model as model_module
+    except ImportError:
+        yield
+        return
+    original = getattr(model_module, "get_config_from_handshake_server", None)
+    if original is None:  # another PyTriton: _run_triton's retries still apply
+        yield
+        return
+
+    def patient(socket_path: Any, timeout_s_: float = 1.0) -> Any:
+        return original(socket_path, timeout_s=max(timeout_s_, timeout_s))
+
+    model_module.get_config_from_handshake_server = patient
+    try:
+        yield
+    finally:
+        model_module.get_config_from_handshake_server = original
+
+
+def _run_triton(triton: Any, timeout_s: float = HANDSHAKE_S) -> None:
+    """``triton.run()``, patient with a model stub that is slow to hand over its config.
+
+    Once tritonserver has loaded the model (and answers that it is ready), PyTriton fetches the
+    config of the model's Python backend stub over a Unix socket in the workspace, and gives it
+    one second (``get_config_from_handshake_server``'s default, which ``Model.setup`` does not
+    change).  On a loaded machine the stub can take longer: ``run`` raised TimeoutError, serve
+    stopped tritonserver, and a server that had answered "ready" a moment before went away.
+    Here the stub gets ``timeout_s``; should a PyTriton without that function time out anyway,
+    ``run`` again (the running tritonserver is kept; nothing of the model's side is set up before
+    that answer) asks again until ``timeout_s`` has passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    with _patient_handshake(timeout_s):
+        while True:
+            try:
+                triton.run()
+                return
+            except TimeoutError as exc:
+                if not _handshake_timed_out(exc) or time.monotonic() >= deadline:
+                    raise
+                log.warning("the Triton model's stub was slow to hand over its config; asking again")
+                time.sleep(1.0)
 
 
 def _import_pytriton() -> Any:
@@ -191,8 +302,8 @@ def serve(
             allow_gpu_metrics=options.device.startswith("cuda"),
         )
         c, h, w = spec.preprocess.input_shape
-        workspace = _workspace()
-        triton = triton_module.Triton(config=triton_config, workspace=workspace)
+        workspace = _Workspace.create()
+        triton = triton_module.Triton(config=triton_config, workspace=workspace.path)
         try:
             triton.bind(
                 model_name=spec.name,
@@ -206,7 +317,7 @@ def serve(
                 strict=True,
             )
             try:
-                triton.run()
+                _run_triton(triton)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - PyTriton's own error types
@@ -236,9 +347,7 @@ def serve(
             raise PipelineError(f"the Triton server exited{where}")
         finally:
             triton.stop()
-            import shutil
-
-            shutil.rmtree(workspace, ignore_errors=True)
+            workspace.remove()
             if log_file is not None:
                 log_file.unlink(missing_ok=True)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns both into KeyboardInterrupt)

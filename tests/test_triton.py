@@ -77,6 +77,10 @@ def _http(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
+SERVING = b"streamer: serving "
+"""The line ``streamer serve`` prints once PyTriton has connected the model (the server is up)."""
+
+
 class Server:
     """One ``streamer serve`` in its own process group (a SIGKILL takes tritonserver down with it)."""
 
@@ -84,35 +88,70 @@ class Server:
         self.grpc, self.http, self.metrics = _free_ports(3)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self._serving_before = 0
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc}"
+        return self.url("grpc")
+
+    def url(self, scheme: str) -> str:
+        """``grpc://`` or ``http://`` URL of this server."""
+        return f"{scheme}://127.0.0.1:{self.grpc if scheme == 'grpc' else self.http}"
 
     def start(self, wait: bool = True) -> "Server":
+        """Start (or restart, on the same ports) and, with ``wait``, wait until it serves.
+
+        A first start whose ports another process took between ``_free_ports`` and serve's bind
+        (the suite may run beside others on this machine) starts again on fresh ports."""
+        fresh = self.proc is None
+        for attempt in range(3):
+            self._spawn()
+            if not wait:
+                return self
+            if self.wait_ready(fail=not fresh or attempt == 2):
+                return self
+            self.grpc, self.http, self.metrics = _free_ports(3)
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
         ports = ["--grpc-port", str(self.grpc), "--http-port", str(self.http), "--metrics-port", str(self.metrics)]
+        self._serving_before = self.log.read_bytes().count(SERVING) if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamer", "serve", *MODEL, *LOCAL, "--host", "127.0.0.1", *ports, "--max-batch", "8"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), start_new_session=True,
             )  # fmt: skip
-        if wait:
-            self.wait_ready()
-        return self
 
     def ready(self) -> bool:
         """The model is loaded (the server's own readiness comes a moment before PyTriton loads it)."""
         return _http(f"http://127.0.0.1:{self.http}/v2/models/efficientnet_lite0/ready")[0] == 200
 
-    def wait_ready(self) -> None:
+    def _log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def wait_ready(self, fail: bool = True) -> bool:
+        """Until this start's serve printed its serving line and the model answers ready.
+
+        Triton answers "ready" as soon as it has loaded the model, before PyTriton has connected
+        its side; a serve that fails then exits after that answer.  Its own line comes after.
+        With ``fail`` False, a serve that exited because a port was taken returns False."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.ready():
+        while not (self.log.read_bytes().count(SERVING) > self._serving_before and self.ready()):
             assert self.proc is not None
             if self.proc.poll() is not None:
-                pytest.fail(f"streamer serve exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')[-3000:]}")
+                if not fail and "cannot listen on" in self._log_tail():
+                    return False
+                pytest.fail(f"streamer serve exited with {self.proc.returncode}:\n{self._log_tail()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"streamer serve not ready after {START_TIMEOUT_S} s:\n{self.log.read_text(errors='replace')[-3000:]}")
+                pytest.fail(f"streamer serve not ready after {START_TIMEOUT_S} s:\n{self._log_tail()}")
             time.sleep(0.5)
+        return True
+
+    def assert_running(self) -> None:
+        """The (module's) server is still up: else the test fails with why serve ended, not "connection refused"."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"the module's streamer serve exited with {self.proc.returncode}:\n{self._log_tail()}")
 
     def requests_done(self) -> int:
         """Successful inference requests, from the server's Prometheus metrics."""
@@ -141,13 +180,20 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = Server(tmp_path_factory.mktemp("serve") / "serve.log").start()
     try:
         yield s
     finally:
         s.stop()
         s.kill()
+
+
+@pytest.fixture
+def server(module_server: Server) -> Server:
+    """The module's server, checked to be still running before each test that uses it."""
+    module_server.assert_running()
+    return module_server
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +216,13 @@ def _assert_same_labels(got: list[dict[str, object]], want: list[dict[str, objec
         assert abs(gt["score"] - wt["score"]) <= 1e-4, (g["frame"], gt, wt)
 
 
+def _assert_labels_the_video(path: Path, want: list[dict[str, object]]) -> None:
+    """``path`` holds every frame of the sample video, once, in order, labelled as ``want`` (the local backend)."""
+    got = _read(path)
+    assert len(got) == len(want) == 132
+    _assert_same_labels(got, want)
+
+
 def _run_client(url: str, out: Path, *extra: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     return _run_client_args(out, "--backend", "triton", "--url", url, *extra, timeout=timeout)
 
@@ -187,14 +240,12 @@ def _run_client_args(out: Path, *args: str, timeout: float = 300.0) -> subproces
 def test_a_run_against_triton_labels_the_video_like_the_local_backend(
     server: Server, local_predictions: list[dict[str, object]], tmp_path: Path, scheme: str
 ) -> None:
-    url = server.grpc_url if scheme == "grpc" else f"http://127.0.0.1:{server.http}"
+    url = server.url(scheme)
     out = tmp_path / "p.jsonl"
     result = _run_client(url, out, *MODEL, "--batch", "4")
     assert result.returncode == 0, result.stderr
     assert "triton" in result.stdout and url in result.stdout
-    got = _read(out)
-    assert len(got) == len(local_predictions) == 132
-    _assert_same_labels(got, local_predictions)
+    _assert_labels_the_video(out, local_predictions)
 
 
 @needs_triton
@@ -229,7 +280,7 @@ def test_the_client_survives_a_server_killed_and_restarted_mid_run(
     tmp_path: Path, local_predictions: list[dict[str, object]], scheme: str
 ) -> None:
     server = Server(tmp_path / "serve.log").start()
-    url = server.grpc_url if scheme == "grpc" else f"http://127.0.0.1:{server.http}"
+    url = server.url(scheme)
     out = tmp_path / "p.jsonl"
     result: dict[str, subprocess.CompletedProcess[str]] = {}
     client = threading.Thread(target=lambda: result.setdefault("run", _run_client(url, out, *MODEL, "--reconnect", "240")))
@@ -250,9 +301,7 @@ def test_the_client_survives_a_server_killed_and_restarted_mid_run(
     run = result["run"]
     assert run.returncode == 0, run.stderr
     assert "unavailable" in run.stderr and "answers again" in run.stderr
-    got = _read(out)
-    assert len(got) == 132  # every frame present, once, in order
-    _assert_same_labels(got, local_predictions)
+    _assert_labels_the_video(out, local_predictions)  # every frame present, once, in order
 
 
 def _assert_one_line_failure(result: subprocess.CompletedProcess[str], out: Path, *words: str) -> None:
@@ -270,9 +319,11 @@ def _assert_one_line_failure(result: subprocess.CompletedProcess[str], out: Path
 @needs_triton
 @pytest.mark.slow
 def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
-    (port,) = _free_ports(1)
-    out = tmp_path / "never.jsonl"
-    result = _run_client(f"grpc://127.0.0.1:{port}", out, *MODEL, "--timeout", "2", timeout=120)
+    with socket.socket() as held:  # bound, never listening: refused, and no other process can listen there meanwhile
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        out = tmp_path / "never.jsonl"
+        result = _run_client(f"grpc://127.0.0.1:{port}", out, *MODEL, "--timeout", "2", timeout=120)
     _assert_one_line_failure(result, out, "cannot reach", f"127.0.0.1:{port}")
 
 
@@ -411,6 +462,19 @@ def test_several_sources_share_one_triton_server(server: Server, local_predictio
     files = sorted(out.glob("*.jsonl"))
     assert len(files) == 2, files
     for path in files:
-        got = _read(path)
-        assert len(got) == 132
-        _assert_same_labels(got, local_predictions)
+        _assert_labels_the_video(path, local_predictions)
+
+
+def test_a_server_whose_model_is_not_back_yet_is_waited_for() -> None:
+    """What a restarting ``streamer serve`` answers before its model serves again is retried (within
+    --reconnect), a bad request is not."""
+    from engines.backends.triton_backend import TritonBackend
+
+    for text in (
+        "[500] Stub process 'efficientnet_lite0_0_0' is not healthy.",
+        "[StatusCode.NOT_FOUND] Request for unknown model: 'efficientnet_lite0' is not found",
+        "[400] Request for unknown model: 'efficientnet_lite0' has no available versions",
+        "[StatusCode.UNAVAILABLE] Request for unknown model: 'efficientnet_lite0' version 1 is not at ready state",
+    ):
+        assert TritonBackend._model_missing(RuntimeError(text)), text
+    assert not TritonBackend._model_missing(RuntimeError("[400] unexpected shape for input 'input' for model 'efficientnet_lite0'"))

@@ -352,9 +352,16 @@ class TritonBackend(Backend):
 
     @staticmethod
     def _model_missing(exc: BaseException) -> bool:
-        """A server that restarted answers before its model is loaded again: wait for it like a refused connection."""
+        """A server that restarted answers before its model is loaded again, or while the model's Python
+        backend stub does not answer Triton's health check yet ("Stub process '...' is not healthy", a 500):
+        wait for it like a refused connection."""
         text = str(exc).lower()
-        return "unknown model" in text or "is not ready" in text or "not found" in text and "model" in text
+        return (
+            "unknown model" in text
+            or "is not ready" in text
+            or "not found" in text and "model" in text
+            or "stub process" in text and "is not healthy" in text
+        )
 
     def _close_impl(self) -> None:
         if self._client is not None:
