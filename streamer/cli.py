@@ -11,8 +11,9 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     from typing import ContextManager
@@ -425,10 +426,7 @@ def source_options_from_args(args: argparse.Namespace, device: str) -> "SourceOp
 
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
-    from dataclasses import replace
 
-    from engines.backends import choose_auto_backend
-    from engines.backends.base import resolve_device_name
     from engines.errors import ConfigError
     from streamer.multi import cmd_run_multi, is_multi
     from streamer.pipeline import Pipeline
@@ -457,22 +455,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as until_the_pipeline_owns_it:
         source = open_source(args.source, source_options)
         until_the_pipeline_owns_it.callback(source.close)
-        if args.backend == "triton":
-            from streamer.serve import triton_client_recipe
-
-            spec, weights, recipe = triton_client_recipe(args, options)
-            backend_name, device = "triton", args.url
-            config = replace(config, stall_timeout_s=max(config.stall_timeout_s, args.reconnect + args.timeout))
-        else:
-            if args.url is not None:
-                raise ConfigError("--url is for --backend triton")
-            spec, weights, _note = resolve_model(args.model, args.weights)
-            if args.backend == "auto":
-                backend_name, device = choose_auto_backend(options.device)
-            else:
-                backend_name, device = args.backend, resolve_device_name(options.device)
-            options = replace(options, device=device)
-            recipe = _local_recipe(backend_name, spec, weights, options)
+        model = run_model_from_args(args, options, config)
         if not args.output and not args.show and not args.headless:
             if display_available():
                 sink = make_sink(None, True)
@@ -481,20 +464,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         terminal_lines = isinstance(sink, NullSink) and not json_to_stdout
         if terminal_lines:  # headless: the labels, one line per frame, on stdout
             observers.append(TerminalLabels(with_name=source.kind == "images"))
-        warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
         progress_on = not args.no_progress and not terminal_lines  # the lines are the progress
         progress_ctx, progress = _progress(source.total_hint if not source.live else None, args.max_frames, enabled=progress_on)
         if progress is not None:
             observers.append(progress)
         pipeline = Pipeline(
-            source, sink, recipe, config,
-            observers=observers, annotators=_annotators(args), warning=warning,
+            source, sink, model.recipe, model.config,
+            observers=observers, annotators=_annotators(args), warning=model.warning,
         )  # fmt: skip
         from streamer.inference import freeze_heap
 
         pipeline.worker.on_loaded(freeze_heap)  # no full garbage collection walks the loaded model mid-run
         until_the_pipeline_owns_it.pop_all()
-    print(f"streamer: {spec.name} on {backend_name} {args.precision} {device}; source {source.display_name} -> {sink.description}", file=info, flush=True)
+    print(f"streamer: {model.spec.name} on {model.backend} {args.precision} {model.device}; source {source.display_name} -> {sink.description}", file=info, flush=True)
     from streamer.telemetry.jetson import startup_line
 
     jetson = startup_line()  # None off a Jetson: board, L4T/JetPack, power mode, clocks locked
@@ -520,6 +502,50 @@ def _local_recipe(name: str, spec: "ModelSpec", weights: "WeightsChoice", option
     from engines.backends import create_backend
 
     return lambda: create_backend(name, spec, weights, options)
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """The model ``streamer run`` asks for (one source or several), as its inference worker's recipe."""
+
+    spec: "ModelSpec"
+    weights: "WeightsChoice"
+    recipe: "Callable[[], Backend]"
+    backend: str
+    device: str
+    """The device the local backend runs on, or the server's URL (``--backend triton``)."""
+    config: "PipelineConfig"
+    """The pipeline's config, with a stall timeout that waits out a Triton server's restart."""
+
+    @property
+    def warning(self) -> str | None:
+        """The overlay's warning line (random weights)."""
+        return "RANDOM WEIGHTS - for timing only, labels are meaningless" if self.weights.kind == "random" else None
+
+
+def run_model_from_args(args: argparse.Namespace, options: "BackendOptions", config: "PipelineConfig") -> RunModel:
+    """A client of a Triton server (``--backend triton --url``) or a local backend on ``options.device``
+    (``--backend auto`` picks one here)."""
+    from dataclasses import replace
+
+    from engines.backends import choose_auto_backend
+    from engines.backends.base import resolve_device_name
+    from engines.errors import ConfigError
+
+    if args.backend == "triton":
+        from streamer.serve import triton_client_recipe
+
+        spec, weights, recipe = triton_client_recipe(args, options)
+        config = replace(config, stall_timeout_s=max(config.stall_timeout_s, args.reconnect + args.timeout))
+        return RunModel(spec, weights, recipe, "triton", args.url, config)
+    if getattr(args, "url", None) is not None:
+        raise ConfigError("--url is for --backend triton")
+    spec, weights, _note = resolve_model(args.model, args.weights)
+    if args.backend == "auto":
+        backend_name, device = choose_auto_backend(options.device)
+    else:
+        backend_name, device = args.backend, resolve_device_name(options.device)
+    return RunModel(spec, weights, _local_recipe(backend_name, spec, weights, replace(options, device=device)), backend_name, device, config)
 
 
 def _annotators(args: argparse.Namespace) -> "list[Annotator]":
@@ -840,8 +866,6 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 if False:  # pragma: no cover - typing only
-    from typing import Callable
-
     from engines.backends.base import Backend, BackendOptions
     from engines.models import ModelSpec, WeightsChoice
     from streamer.overlay import Annotator

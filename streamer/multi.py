@@ -27,7 +27,6 @@ The Python API (``streamer.run``) stays single-source.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
 import sys
@@ -484,17 +483,15 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
     import contextlib
     from dataclasses import replace
 
-    from engines.backends import choose_auto_backend, create_backend
-    from engines.backends.base import resolve_device_name
     from streamer.cli import (
         EXIT_INTERRUPTED,
         _annotators,
         backend_options_from_args,
         pipeline_config_from_args,
-        resolve_model,
+        run_model_from_args,
         source_options_from_args,
     )
-    from streamer.inference import InferenceWorker, Recipe, freeze_heap
+    from streamer.inference import InferenceWorker, freeze_heap
     from streamer.overlay import StreamNameAnnotator
     from streamer.pipeline import Pipeline
     from streamer.sources import open_source
@@ -549,23 +546,8 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
         most = 8 if args.backend == "triton" else 64
         max_batch = max(args.batch, args.max_batch or min(most, max(1, len(opened)) * args.batch))
         options = backend_options_from_args(args, batch=max_batch)
-        recipe: Recipe
-        if args.backend == "triton":  # the shared worker is one client of the server, batching across streams
-            from streamer.serve import triton_client_recipe
-
-            spec, weights, recipe = triton_client_recipe(args, options)
-            backend_name, device = "triton", args.url
-            config = replace(config, stall_timeout_s=max(config.stall_timeout_s, args.reconnect + args.timeout))
-        else:
-            if getattr(args, "url", None) is not None:
-                raise ConfigError("--url is for --backend triton")
-            spec, weights, _note = resolve_model(args.model, args.weights)
-            if args.backend == "auto":
-                backend_name, device = choose_auto_backend(args.device)
-            else:
-                backend_name, device = args.backend, resolve_device_name(args.device)
-            recipe = functools.partial(create_backend, backend_name, spec, weights, replace(options, device=device))
-        worker = InferenceWorker(recipe, args.topk, max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0)
+        model = run_model_from_args(args, options, config)
+        worker = InferenceWorker(model.recipe, args.topk, max_batch=max_batch, max_wait_s=args.max_wait_ms / 1000.0)
         worker.on_loaded(freeze_heap)  # no full garbage collection stops every stream to walk the loaded model
         folders = [o for o in args.output or [] if not _looks_http(o)]
         if predictions is not None and not json_to_stdout:
@@ -574,18 +556,17 @@ def cmd_run_multi(args: "argparse.Namespace") -> int:
             _make_folder(Path(folder).expanduser())
         hub = _make_hub(args, [s.name for s in opened], info)
         lines = _Lines()
-        warning = "RANDOM WEIGHTS - for timing only, labels are meaningless" if weights.kind == "random" else None
         for stream in opened:
             assert stream.source is not None
             sink, observers = _stream_outputs(args, stream, hub, lines, json_to_stdout)
             annotators = _annotators(args)
             if not args.no_stats or not args.no_labels:
                 annotators.insert(0, StreamNameAnnotator(stream.name))
-            stream.pipeline = Pipeline(stream.source, sink, worker, config, observers=observers, annotators=annotators, warning=warning)
+            stream.pipeline = Pipeline(stream.source, sink, worker, model.config, observers=observers, annotators=annotators, warning=model.warning)
         until_the_pipelines_own_them.pop_all()
     where = ", ".join(f"{s.name} ({s.source.display_name})" for s in opened if s.source is not None)
     print(
-        f"streamer: {spec.name} on {backend_name} {args.precision} {device}; {len(opened)} streams, "
+        f"streamer: {model.spec.name} on {model.backend} {args.precision} {model.device}; {len(opened)} streams, "
         f"batches of up to {max_batch} across them: {where}",
         file=info, flush=True,
     )  # fmt: skip
