@@ -169,7 +169,7 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: HttpAddress, view: "HttpView | HttpHub") -> None:
+    def __init__(self, address: HttpAddress, view: "_Served") -> None:
         self.view = view
         if ":" in address.host:
             self.address_family = socket.AF_INET6
@@ -310,8 +310,9 @@ class HttpEvents:
         self._view.stop()
 
 
-class HttpView(Sink):
-    """The live view's frame sink and server; see the module docstring."""
+class _Served:
+    """What a one-stream view and a hub of several share: the address, the token rules, the one
+    HTTP server and the connections it has open."""
 
     def __init__(self, address: HttpAddress, token: str | None = None, announce: TextIO | None = None) -> None:
         if token is not None and not token.strip():
@@ -319,27 +320,90 @@ class HttpView(Sink):
         self.address = address
         self.generated_token = token is None and not address.loopback
         self.token: str | None = secrets.token_urlsafe(24) if self.generated_token else token
-        self.events = HttpEvents(self)
-        self.frames = _Mailbox()
-        self.events_ring = _EventRing()
-        self.page = _load_page()
         self.stopping = False
         self.url = ""
         """Where to watch (with the token), once open."""
         self.port = address.port
         self._announce = announce
-        self._raw = _Mailbox()
-        self._raw_image: np.ndarray | None = None
-        self._raw_lock = threading.Lock()
         self._server: _Server | None = None
-        self._threads: list[threading.Thread] = []
+        self._serve: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        self.frames_encoded = 0
 
     @property
     def description(self) -> str:
         return f"live view {self.address.key}"
+
+    def route(self, path: str) -> "tuple[str, Any] | None":
+        raise NotImplementedError
+
+    def _listen(self) -> str:
+        """Start the server on the address (its thread too); returns the base URL (the machine's name
+        for a wildcard address)."""
+        try:
+            server = _Server(self.address, self)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
+            raise SinkError(f"{self.address.key}: cannot listen ({reason})") from None
+        self._server = server
+        host, port = str(server.server_address[0]), int(server.server_address[1])
+        self.port = port
+        if host in ("0.0.0.0", "::"):  # every address: name the machine, not the wildcard
+            host = socket.gethostname()
+        shown = f"[{host}]" if ":" in host else host
+        self._serve = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-view", daemon=True)
+        self._serve.start()
+        return f"http://{shown}:{port}/"
+
+    def _say_where(self, what: str) -> None:
+        where = "" if self.address.loopback else " (anyone with this address and token can watch)"
+        print(f"streamer: {what} at {self.url}{where}", file=self._announce or sys.stderr, flush=True)
+
+    def _close_server(self, server: "_Server | None", deadline: float) -> None:
+        """Stop ``server`` (taken from ``_server`` by the caller), cut every viewer's connection, wait for its thread."""
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:  # a viewer stuck in a send (a slow reader) is cut off here
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._serve is not None:
+            self._serve.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    @property
+    def viewers(self) -> int:
+        """Connections open now (page, stream and events requests)."""
+        with self._connections_lock:
+            return len(self._connections)
+
+    def _track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+
+class HttpView(_Served, Sink):
+    """The live view's frame sink and server; see the module docstring."""
+
+    def __init__(self, address: HttpAddress, token: str | None = None, announce: TextIO | None = None) -> None:
+        super().__init__(address, token, announce)
+        self.events = HttpEvents(self)
+        self.frames = _Mailbox()
+        self.events_ring = _EventRing()
+        self.page = _load_page()
+        self._raw = _Mailbox()
+        self._raw_image: np.ndarray | None = None
+        self._raw_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        """The encoder's (the server's is ``_serve``)."""
+        self.frames_encoded = 0
 
     def route(self, path: str) -> "tuple[str, Any] | None":
         """What the server sends for ``path``: the page, this view's stream or its events."""
@@ -354,25 +418,11 @@ class HttpView(Sink):
     def open(self, frame_size: tuple[int, int], fps: float) -> HttpView:
         if self._server is not None:
             return self
-        try:
-            server = _Server(self.address, self)
-        except OSError as exc:
-            reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
-            raise SinkError(f"{self.address.key}: cannot listen ({reason})") from None
-        self._server = server
-        host, port = str(server.server_address[0]), int(server.server_address[1])
-        self.port = port
-        if host in ("0.0.0.0", "::"):  # every address: name the machine, not the wildcard
-            host = socket.gethostname()
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}/" + (f"?token={self.token}" if self.token else "")
-        serve = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-view", daemon=True)
+        self.url = self._listen() + (f"?token={self.token}" if self.token else "")
         encode = threading.Thread(target=self._encode_loop, name="http-encoder", daemon=True)
-        self._threads = [serve, encode]
-        for thread in self._threads:
-            thread.start()
-        where = "" if self.address.loopback else " (anyone with this address and token can watch)"
-        print(f"streamer: live view at {self.url}{where}", file=self._announce or sys.stderr, flush=True)
+        self._threads = [encode]
+        encode.start()
+        self._say_where("live view")
         return self
 
     def write(self, image: np.ndarray, name: str) -> None:
@@ -400,20 +450,6 @@ class HttpView(Sink):
                 self.frames.publish(jpeg.tobytes())
                 self.frames_encoded += 1
 
-    @property
-    def viewers(self) -> int:
-        """Connections open now (page, stream and events requests)."""
-        with self._connections_lock:
-            return len(self._connections)
-
-    def _track(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.add(conn)
-
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.discard(conn)
-
     def stop(self) -> None:
         """Stop serving and close every viewer's connection (idempotent)."""
         if self.stopping:
@@ -423,17 +459,8 @@ class HttpView(Sink):
             box.close()
         self.events_ring.close()
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:  # a viewer stuck in a send (a slow reader) is cut off here
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         deadline = time.monotonic() + 2.0
+        self._close_server(server, deadline)
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads = []
@@ -486,7 +513,7 @@ class HubStreamView(HttpView):
         self.hub._stream_stopped()
 
 
-class HttpHub:
+class HttpHub(_Served):
     """A live view of several streams on one address (``-o http://HOST:PORT/`` with several sources).
 
     ``/`` lists every stream (its MJPEG image and a link to its page); ``/streams.json``
@@ -497,29 +524,13 @@ class HttpHub:
     """
 
     def __init__(self, address: HttpAddress, names: "list[str]", token: str | None = None, announce: TextIO | None = None) -> None:
-        if token is not None and not token.strip():
-            raise ConfigError("--token must not be empty")
-        self.address = address
-        self.generated_token = token is None and not address.loopback
-        self.token: str | None = secrets.token_urlsafe(24) if self.generated_token else token
-        self.stopping = False
+        super().__init__(address, token, announce)
         self.base_url = ""
-        self.url = ""
-        self.port = address.port
-        self._announce = announce
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._serve: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         self.streams: dict[str, HubStreamView] = {}
         for name in names:
             self.streams[name] = HubStreamView(self, name)
         self.page = self._index_page()
-
-    @property
-    def description(self) -> str:
-        return f"live view {self.address.key}"
 
     def view(self, name: str) -> HubStreamView:
         return self.streams[name]
@@ -567,37 +578,10 @@ class HttpHub:
         with self._lock:
             if self._server is not None or self.stopping:
                 return self
-            try:
-                server = _Server(self.address, self)
-            except OSError as exc:
-                reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
-                raise SinkError(f"{self.address.key}: cannot listen ({reason})") from None
-            self._server = server
-            host, port = str(server.server_address[0]), int(server.server_address[1])
-            self.port = port
-            if host in ("0.0.0.0", "::"):
-                host = socket.gethostname()
-            shown = f"[{host}]" if ":" in host else host
-            self.base_url = f"http://{shown}:{port}/"
+            self.base_url = self._listen()
             self.url = self.base_url + (f"?token={self.token}" if self.token else "")
-            self._serve = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-view", daemon=True)
-            self._serve.start()
-        where = "" if self.address.loopback else " (anyone with this address and token can watch)"
-        print(f"streamer: live view of {len(self.streams)} streams at {self.url}{where}", file=self._announce or sys.stderr, flush=True)
+        self._say_where(f"live view of {len(self.streams)} streams")
         return self
-
-    def _track(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.add(conn)
-
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.discard(conn)
-
-    @property
-    def viewers(self) -> int:
-        with self._connections_lock:
-            return len(self._connections)
 
     def _stream_stopped(self) -> None:
         if all(v.stopping for v in self.streams.values()):
@@ -612,18 +596,7 @@ class HttpHub:
             server, self._server = self._server, None
         for view in self.streams.values():
             view.stop()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._serve is not None:
-            self._serve.join(timeout=2.0)
+        self._close_server(server, time.monotonic() + 2.0)
 
 
 def _load_page() -> bytes:
