@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from engines.errors import SourceError
 from streamer.sources import Frame, ImageListSource
 
 if TYPE_CHECKING:
@@ -217,10 +216,7 @@ class GpuJpegFolderSource(ImageListSource):
                 image = _decode_on_cpu(path, data)
                 decode_s += time.perf_counter() - t0
             if image is None:
-                if len(self.paths) == 1:
-                    raise SourceError(f"{path}: not a readable image")
-                self.unreadable += 1
-                log.warning("skipping %s: not a readable image", path.name)
+                self._skip_unreadable(path)
                 continue
             self._ready.append(self._make_frame(image, path.name, decode_s))
         return True

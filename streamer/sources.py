@@ -288,13 +288,17 @@ class ImageListSource(Source):
                 return None
             path, (image, decode_s) = got
             if image is None:
-                if len(self.paths) == 1:
-                    raise SourceError(f"{path}: not a readable image")
-                self.unreadable += 1
-                log.warning("skipping %s: not a readable image", path.name)
+                self._skip_unreadable(path)
                 continue
             return self._make_frame(image, path.name, decode_s)
         return None
+
+    def _skip_unreadable(self, path: Path) -> None:
+        """An image that does not decode: the error when it is the only one, else counted, one warning, skipped."""
+        if len(self.paths) == 1:
+            raise SourceError(f"{path}: not a readable image")
+        self.unreadable += 1
+        log.warning("skipping %s: not a readable image", path.name)
 
     def close(self) -> None:
         reader, self._reader = self._reader, None
