@@ -90,7 +90,7 @@ class SourceOptions:
     """Video files and network streams through FFmpeg: the decoder's threads (OpenCV's
     ``CAP_PROP_N_THREADS``); None: OpenCV's default, one per core.  Several streams in one process
     share the cores instead (:func:`streamer.multi.decode_threads_for`): 32 decoders of 16 threads
-    each spent their time switching between 512 threads."""
+    each spent about twice the CPU per frame (docs/benchmarks/h200-streams)."""
 
     def __post_init__(self) -> None:
         if self.decode_threads is not None and not (isinstance(self.decode_threads, int) and 1 <= self.decode_threads <= 64):
