@@ -370,6 +370,24 @@ def test_bench_streams_smoke_on_cpu(tmp_path: Path, short_clip: Path) -> None:
     assert "Where the CPU went in one process" in markdown
 
 
+def test_bench_streams_as_processes_of_several_streams(tmp_path: Path, short_clip: Path) -> None:
+    """--streams-per-process 2: N = 2 streams as one `streamer run SRC SRC` process, its figures per stream
+    from that process's summary table and predictions folder."""
+    result = run_cli(
+        ["bench", short_clip, "--streams", "1", "--stream-processes", "2", "--streams-per-process", "2", "--model", MODEL,
+         "--weights", "imagenet", "--device", "cpu", "--max-frames", "30", "--report", "rep", "--no-progress"],
+        cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "processes of 2" in result.stdout, result.stdout
+    (case,) = json.loads((tmp_path / "rep" / "streams.json").read_text())["cases"]
+    (point,) = [p for p in case["points"] if p["mode"] == "processes of 2"]
+    assert point["streams"] == 2 and point["ok_streams"] == 2, point
+    assert point["frames_out"] + point["dropped"] <= 60 and point["frames_out"] > 0, point
+    assert point["p99_ms"] is not None and point["fps_min"] is not None, point
+    assert "--streams-per-process 2" in (tmp_path / "rep" / "report.md").read_text()
+
+
 # -- the pinned upload buffer under batches of every size ------------------------------------------------------
 def test_pinned_staging_grows_to_the_largest_batch_and_reuses_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of 1..48 frames (several streams batched together) pin one buffer per frame shape a few

@@ -363,22 +363,30 @@ class Prediction:
 
 
 def postprocess(logits: "torch.Tensor", labels: Sequence[str], k: int = 1) -> list[Prediction]:
-    """Softmax + top-k on the logits' device, then one copy to the host."""
+    """Softmax + top-k on the logits' device, then one copy to the host.
+
+    One copy, not one per result: each copy from a GPU waits for it, and the thread that waits must
+    take Python's GIL back afterwards, which with dozens of stream threads beside it is the cost.
+    The indices travel as float32 (exact below 2**24 classes) beside the scores and a finite flag.
+    """
     import torch
 
     from engines.errors import NonFiniteOutput
 
     k = max(1, min(k, int(logits.shape[1])))
-    finite = torch.isfinite(logits).all(dim=1).cpu().tolist()
-    if not all(finite):
-        raise NonFiniteOutput(
-            f"the network produced NaN or infinite scores for frame {finite.index(False) + 1} of a batch of "
-            f"{len(finite)} (broken or overflowing weights; at fp16, try --precision fp32)"
-        )
-    probs = torch.softmax(logits.float(), dim=1)
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=1)
     scores, indices = probs.topk(k, dim=1)
-    scores_h = scores.cpu().tolist()
-    indices_h = indices.cpu().tolist()
+    finite = torch.isfinite(logits).all(dim=1, keepdim=True)
+    rows = torch.cat([scores, indices.float(), finite.float()], dim=1).cpu().tolist()
+    bad = [i for i, row in enumerate(rows) if row[-1] != 1.0]
+    if bad:
+        raise NonFiniteOutput(
+            f"the network produced NaN or infinite scores for frame {bad[0] + 1} of a batch of "
+            f"{len(rows)} (broken or overflowing weights; at fp16, try --precision fp32)"
+        )
+    scores_h = [row[:k] for row in rows]
+    indices_h = [[int(i) for i in row[k : 2 * k]] for row in rows]
     return [
         Prediction(tuple(idx), tuple(sc), tuple(labels[i] for i in idx)) for idx, sc in zip(indices_h, scores_h)
     ]

@@ -124,7 +124,8 @@ class StreamsReport(JsonRecord):
             f"replayed live at its frame rate. Real-time: zero drops, capture->render p99 <= 2 frame intervals "
             f"({2 * interval:.0f} ms) and every stream at >= {REALTIME_FPS_SHARE:.0%} of {self.source_fps:g} FPS. "
             f"One process: N pipelines on one inference worker batching across streams (max wait {self.max_wait_ms:g} ms), overlay drawn, "
-            "frames discarded (no encoder). N processes: N `streamer run SRC --realtime --headless` started together.",
+            "frames discarded (no encoder). N processes: N `streamer run SRC --realtime --headless` started together; "
+            "processes of M: N/M `streamer run SRC x M --realtime --headless` (each batching its M streams, FFmpeg threads the cores / N).",
             "",
         ]
         if self.switch_interval_ms is not None or self.decode_threads:
@@ -134,12 +135,13 @@ class StreamsReport(JsonRecord):
                 "",
             ]
         for case in self.cases:
-            one, many = case.largest_realtime("one process"), case.largest_realtime("N processes")
+            one = case.largest_realtime("one process")
+            others = list(dict.fromkeys(p.mode for p in case.points if p.mode != "one process"))
+            largest = "".join(f", {mode} **{_or_none(case.largest_realtime(mode))}**" for mode in others)
             lines += [
                 f"### {case.model} ({case.weights} weights), {case.backend} {case.precision} {case.device}",
                 "",
-                f"Largest real-time N: one process **{one if one is not None else 'none'}**"
-                + (f", N processes **{many if many is not None else 'none'}**" if any(p.mode == "N processes" for p in case.points) else ""),
+                f"Largest real-time N: one process **{_or_none(one)}**{largest}",
                 "",
                 "| mode | N | ok | FPS per stream min / mean | dropped | p50 / p99 ms | mean batch | worker busy | decode / preprocess / render ms | real-time | notes |",
                 "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -333,6 +335,95 @@ def parse_summary(text: str) -> dict[str, str]:
     return rows
 
 
+def process_mode(per_process: int) -> str:
+    """The report's name for N streams run as separate processes of ``per_process`` streams each."""
+    return "N processes" if per_process <= 1 else f"processes of {per_process}"
+
+
+def parse_stream_rows(text: str) -> dict[str, dict[str, Any]]:
+    """The per-stream rows of a several-source ``streamer run``'s summary: name -> frames in / out /
+    dropped and FPS (None where it printed none)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|]", line)]
+        cells = [c for c in cells[1:-1]] if len(cells) >= 7 else []
+        if len(cells) != 5 or cells[0] in ("stream", "total"):
+            continue
+        counts = re.fullmatch(r"(\d+) / (\d+) / (\d+)", cells[1])
+        if counts is None:
+            continue
+        fps = float(cells[2]) if re.fullmatch(r"[\d.]+", cells[2]) else None
+        rows[cells[0]] = {"in": int(counts[1]), "out": int(counts[2]), "dropped": int(counts[3]), "fps": fps, "status": cells[4]}
+    return rows
+
+
+def _latencies(path: Path) -> list[float]:
+    with open(path, encoding="utf-8") as fh:
+        return sorted(float(json.loads(line)["latency_ms"]) for line in fh if line.strip())
+
+
+def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
+    if not latencies:
+        return None, None
+    return latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+
+
+def run_process_groups(
+    path: Path, n: int, per_process: int, case: dict[str, str], frames: int, source_fps: float, workdir: Path
+) -> StreamsPoint:
+    """N streams as ceil(N / M) ``streamer run PATH x M --realtime --headless`` processes, started together
+    (each with its model, batching its M streams); FFmpeg's threads per decoder are the cores / N, as
+    in one process.  Figures from each process's summary table and per-stream predictions."""
+    from streamer.multi import decode_threads_for
+
+    procs = []
+    env = dict(os.environ, COLUMNS="240", PYTHONUNBUFFERED="1")
+    sizes = [min(per_process, n - start) for start in range(0, n, per_process)]
+    threads = decode_threads_for(n) or 1
+    for i, m in enumerate(sizes):
+        predictions = workdir / f"g{n}-{per_process}-{i}"
+        cmd = [
+            sys.executable, "-m", "streamer", "run", *([str(path)] * m), "--realtime", "--headless", "--no-progress",
+            "--max-frames", str(frames), "--predictions", f"{predictions}/", "--overwrite", "--decode-threads", str(threads),
+            "-m", case["model"], "--weights", case["weights"], "-b", case["backend"], "-p", case["precision"], "-d", case["device"],
+        ]  # fmt: skip
+        out = open(workdir / f"g{n}-{per_process}-{i}.out", "w+", encoding="utf-8")  # noqa: SIM115 - closed below
+        procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out, predictions, m))
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    for i, (proc, out, predictions, m) in enumerate(procs):
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        text = out.read()
+        out.close()
+        table = parse_stream_rows(text)
+        failure = None
+        if proc.returncode != 0:
+            last = [line for line in text.splitlines() if line.strip()]
+            failure = f"exit {proc.returncode}: {last[-1][:120] if last else ''}"
+        if len(table) != m and failure is None:
+            failure = f"{len(table)} of {m} streams in its summary"
+        for name in sorted(table) or [f"process{i}"]:
+            row = table.get(name, {})
+            error = failure if failure is not None or row.get("status") not in ("ok", None) else None
+            if row and row.get("status") != "ok":
+                error = error or f"status {row.get('status')}"
+            try:
+                p50, p99 = _percentiles(_latencies(predictions / f"{name}.jsonl"))
+            except (OSError, ValueError, KeyError):
+                p50 = p99 = None
+                error = error or "no predictions file"
+            rows.append(
+                {"name": f"process{i}/{name}", "error": error, "out": row.get("out", 0), "dropped": row.get("dropped", 0),
+                 "fps": row.get("fps"), "p50": p50, "p99": p99}
+            )  # fmt: skip
+    return _point(process_mode(per_process), n, rows, source_fps)
+
+
 def run_processes(path: Path, n: int, case: dict[str, str], frames: int, source_fps: float, workdir: Path) -> StreamsPoint:
     """N ``streamer run PATH --realtime --headless`` processes, started together; figures from each one's summary."""
     procs = []
@@ -445,6 +536,8 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
         command += ["--max-frames", str(args.max_frames)]
     if args.max_wait_ms:
         command += ["--max-wait-ms", f"{args.max_wait_ms:g}"]
+    if args.streams_per_process > 1:
+        command += ["--streams-per-process", str(args.streams_per_process)]
     command += ["--report", str(args.report)]
     environment = collect(device)
 
@@ -494,7 +587,10 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
                         worker.close(timeout=5.0)
                     choice = {"model": model, "weights": weights_text, "backend": backend, "precision": precision, "device": device}
                     for n in process_counts:
-                        point = run_processes(clip, n, choice, frames, fps, workdir)
+                        if args.streams_per_process > 1:
+                            point = run_process_groups(clip, n, args.streams_per_process, choice, frames, fps, workdir)
+                        else:
+                            point = run_processes(clip, n, choice, frames, fps, workdir)
                         points.append(point)
                         _progress(args, _line(point))
                         write_report(StreamsCase(model, weights_text, backend, precision, device, info.description, points))
@@ -502,8 +598,9 @@ def cmd_bench_streams(args: "argparse.Namespace") -> int:
                     write_report()
     print(f"streamer: several-streams report in {report_dir}/report.md")
     for case in cases:
-        one, many = case.largest_realtime("one process"), case.largest_realtime("N processes")
-        print(f"  {case.model} {case.backend} {case.precision} {case.device}: largest real-time N: one process {one}, N processes {many}")
+        many_mode = process_mode(args.streams_per_process)
+        one, many = case.largest_realtime("one process"), case.largest_realtime(many_mode)
+        print(f"  {case.model} {case.backend} {case.precision} {case.device}: largest real-time N: one process {one}, {many_mode} {many}")
     return 0
 
 
@@ -515,6 +612,10 @@ def _warm_up(worker: Any, width: int, height: int, max_batch: int) -> None:
     frame = np.zeros((height, width, 3), np.uint8)
     for size in range(1, max_batch + 1):
         worker.submit([frame] * size).result(timeout=600)
+
+
+def _or_none(n: int | None) -> str:
+    return "none" if n is None else str(n)
 
 
 def _line(p: StreamsPoint) -> str:
@@ -530,10 +631,12 @@ def _progress(args: "argparse.Namespace", text: str) -> None:
 
 
 def add_streams_arguments(parser: "argparse.ArgumentParser") -> None:
+    from streamer.cli import _positive_int
     from streamer.multi import _non_negative_float
 
     parser.add_argument("--streams", default=None, metavar="N[,N2,...]", help="measure N live replays of SOURCE in one process (and in N processes): the largest N that stays real-time; writes streams.json and report.md")
     parser.add_argument("--stream-processes", default=None, metavar="N[,N2,...]", help="with --streams: the N to run as N separate streamer run processes (default: the --streams list; 0: none)")
+    parser.add_argument("--streams-per-process", type=_positive_int, default=1, metavar="M", help="with --streams: run the --stream-processes counts as processes of M streams each (each its own model, batching its M; default 1: one stream a process)")
     parser.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0, metavar="MS", help="with --streams: how long a batch waits for other streams' frames (default: 0)")
 
 
