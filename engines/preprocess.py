@@ -201,6 +201,12 @@ def _preprocess_uint8(batch: "torch.Tensor", spec: PreprocessSpec, dtype: "torch
     return x.to(dtype).contiguous()
 
 
+def preprocess_device_batch(batch: "torch.Tensor", spec: PreprocessSpec, dtype: "torch.dtype") -> "torch.Tensor":
+    """(N, H, W, 3) uint8 BGR already on its device -> the network's (N, 3, crop, crop) input: the steps
+    of :func:`preprocess` after the upload (a CUDA graph captures them, see TorchBackend.classify)."""
+    return _preprocess_uint8(batch, spec, dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
     """The (1, 3, 1, 1) mean and std tensors, in 0..255 units, made once per device.

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from engines.backends.base import Backend, Prediction, postprocess
+from engines.backends.base import Backend, Prediction
 from engines.errors import PipelineError
 from streamer.stats import StageTimes
 
@@ -281,13 +281,7 @@ class InferenceWorker:
         try:
             t0 = time.perf_counter()
             self.batch_started = t0
-            tensor = backend.preprocess(images)
-            backend.synchronize()
-            t1 = time.perf_counter()
-            logits = backend.infer(tensor)
-            backend.synchronize()
-            t2 = time.perf_counter()
-            predictions = postprocess(logits, labels, self.topk)
+            run = backend.classify(images, self.topk)
             t3 = time.perf_counter()
         except BaseException as exc:  # noqa: BLE001 - each caller gets the error
             self.batch_started = None
@@ -297,13 +291,14 @@ class InferenceWorker:
         self.batch_started = None
         self.slowest_batch_s = max(self.slowest_batch_s, t3 - t0)
         self.batches_done += 1
-        self.times.add("preprocess", t1 - t0, n)
-        self.times.add("inference", t2 - t1, n)
-        self.times.add("postprocess", t3 - t2, n)
+        pre, inf, post = run.preprocess_s, run.inference_s, run.postprocess_s
+        self.times.add("preprocess", pre, n)
+        self.times.add("inference", inf, n)
+        self.times.add("postprocess", post, n)
         at = 0
         for b in batches:
             k = len(b.images)
-            b.future.set_result(BatchResult(predictions[at : at + k], n, t1 - t0, t2 - t1, t3 - t2))
+            b.future.set_result(BatchResult(run.predictions[at : at + k], n, pre, inf, post))
             at += k
 
     def _cancel_queued(self, error: BaseException | None, first: Any = None) -> None:

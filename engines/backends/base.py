@@ -282,6 +282,20 @@ class Backend(ABC):
             self._staging = PinnedStaging()
         return preprocess(frames, self.spec.preprocess, self.input_device, dtype, staging=self._staging)
 
+    def classify(self, frames: "Sequence[np.ndarray | torch.Tensor]", k: int = 1) -> "BatchRun":
+        """Preprocess, network and top-k for one batch of frames, with the seconds of each stage (what
+        the inference worker runs per batch).  A backend may run the three as one (TorchBackend with
+        CUDA graphs); this is the three calls, each waited for."""
+        t0 = time.perf_counter()
+        tensor = self.preprocess(frames)
+        self.synchronize()
+        t1 = time.perf_counter()
+        logits = self.infer(tensor)
+        self.synchronize()
+        t2 = time.perf_counter()
+        predictions = postprocess(logits, self.spec.labels, k)
+        return BatchRun(predictions, t1 - t0, t2 - t1, time.perf_counter() - t2)
+
     def infer(self, batch: "torch.Tensor") -> "torch.Tensor":
         """Run the network on a preprocessed (N, 3, H, W) batch; returns (N, classes) float32 logits."""
         if not self._loaded:
@@ -362,6 +376,16 @@ class Prediction:
         ]
 
 
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch's predictions and the seconds of its stages (:meth:`Backend.classify`)."""
+
+    predictions: list[Prediction]
+    preprocess_s: float
+    inference_s: float
+    postprocess_s: float
+
+
 def postprocess(logits: "torch.Tensor", labels: Sequence[str], k: int = 1) -> list[Prediction]:
     """Softmax + top-k on the logits' device, then one copy to the host.
 
@@ -369,24 +393,34 @@ def postprocess(logits: "torch.Tensor", labels: Sequence[str], k: int = 1) -> li
     take Python's GIL back afterwards, which with dozens of stream threads beside it is the cost.
     The indices travel as float32 (exact below 2**24 classes) beside the scores and a finite flag.
     """
+    k = max(1, min(k, int(logits.shape[1])))
+    return predictions_from_rows(topk_rows(logits.float(), k).cpu().tolist(), labels, k)
+
+
+def topk_rows(logits: "torch.Tensor", k: int) -> "torch.Tensor":
+    """(N, classes) float logits -> (N, 2k + 1) float32 on their device: the top-k softmax scores, their
+    class indices (as float32: exact below 2**24 classes) and 1.0 where every logit is finite."""
     import torch
 
-    from engines.errors import NonFiniteOutput
-
-    k = max(1, min(k, int(logits.shape[1])))
-    logits = logits.float()
     probs = torch.softmax(logits, dim=1)
     scores, indices = probs.topk(k, dim=1)
     finite = torch.isfinite(logits).all(dim=1, keepdim=True)
-    rows = torch.cat([scores, indices.float(), finite.float()], dim=1).cpu().tolist()
+    return torch.cat([scores, indices.float(), finite.float()], dim=1)
+
+
+def predictions_from_rows(rows: "list[list[float]]", labels: Sequence[str], k: int) -> list[Prediction]:
+    """:func:`topk_rows`' rows, on the host, as predictions; :class:`NonFiniteOutput` for a frame whose
+    logits were not all finite."""
+    from engines.errors import NonFiniteOutput
+
     bad = [i for i, row in enumerate(rows) if row[-1] != 1.0]
     if bad:
         raise NonFiniteOutput(
             f"the network produced NaN or infinite scores for frame {bad[0] + 1} of a batch of "
             f"{len(rows)} (broken or overflowing weights; at fp16, try --precision fp32)"
         )
-    scores_h = [row[:k] for row in rows]
-    indices_h = [[int(i) for i in row[k : 2 * k]] for row in rows]
-    return [
-        Prediction(tuple(idx), tuple(sc), tuple(labels[i] for i in idx)) for idx, sc in zip(indices_h, scores_h)
-    ]
+    out = []
+    for row in rows:
+        indices = tuple(int(i) for i in row[k : 2 * k])
+        out.append(Prediction(indices, tuple(row[:k]), tuple(labels[i] for i in indices)))
+    return out
