@@ -115,40 +115,6 @@ class PinnedStaging:
         return gpu
 
 
-class PinnedCopies:
-    """One caller's page-locked copies of the host frames it hands to a worker that others share.
-
-    The worker's thread otherwise copies every frame of every stream into pinned memory itself before
-    the upload: 0.7-0.9 ms a 720p frame on the H200 machine, most of its time with dozens of streams.
-    Each stream's own thread copies its frames here instead (NumPy's copy lets go of the GIL, so the
-    streams copy in parallel), for a backend that uploads such a batch in one call
-    (``Backend.takes_pinned_frames``).  The buffer is reused at the next :meth:`copy`: a caller has one
-    batch in flight, and calls again only once its result is back (the upload is ordered before the
-    result's copy back to the host, on the same CUDA stream).
-    """
-
-    def __init__(self) -> None:
-        self._buffer: "torch.Tensor | None" = None
-        self._view: np.ndarray | None = None
-
-    def copy(self, frames: "Sequence[np.ndarray | torch.Tensor]") -> "list[np.ndarray | torch.Tensor]":
-        """``frames`` as pinned CPU tensors, when all are host BGR frames of one shape; else as given."""
-        import torch
-
-        first = frames[0] if frames else None
-        if not isinstance(first, np.ndarray) or first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
-            return list(frames)
-        if any(not isinstance(f, np.ndarray) or f.shape != first.shape or f.dtype != np.uint8 for f in frames):
-            return list(frames)
-        n = len(frames)
-        if self._buffer is None or self._view is None or self._view.shape[1:] != first.shape or self._view.shape[0] < n:
-            self._buffer = torch.empty((n, *first.shape), dtype=torch.uint8).pin_memory()
-            self._view = self._buffer.numpy()
-        for i, frame in enumerate(frames):
-            np.copyto(self._view[i], frame)
-        return [self._buffer[i] for i in range(n)]
-
-
 def _device_frame(frame: "torch.Tensor", target: "torch.device") -> "torch.Tensor":
     """A frame that is a tensor already (``Frame.device_image``: (H, W, 3) uint8 BGR, usually on the GPU),
     on ``target``: no host round trip when it is there already."""

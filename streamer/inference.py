@@ -60,8 +60,6 @@ class LoadInfo:
     """Building or loading the backend (``Backend.load_seconds``)."""
     ready_s: float | None
     """Load plus the warm-up inference (``Backend.ready_seconds``)."""
-    pinned_frames: bool = False
-    """``Backend.takes_pinned_frames``: callers may hand it frames they copied into pinned memory."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +219,7 @@ class InferenceWorker:
             try:
                 backend = self.recipe()
                 backend.load()
-                info = LoadInfo(backend.description, backend.load_seconds, backend.ready_seconds, backend.takes_pinned_frames)
+                info = LoadInfo(backend.description, backend.load_seconds, backend.ready_seconds)
                 labels = backend.spec.labels
                 if backend.ready_seconds is not None and backend.load_seconds is not None:
                     self.slowest_batch_s = max(0.0, backend.ready_seconds - backend.load_seconds)

@@ -38,7 +38,6 @@ from typing import Sequence
 
 from engines.backends.base import Prediction
 from engines.errors import ConfigError, ModelHung, PipelineError, SourceError, SourceLost, SourceTimeout, StreamerError
-from engines.preprocess import PinnedCopies
 from streamer import queues
 from streamer.gpu_frames import frame_pixels
 from streamer.inference import BatchResult, InferenceWorker, LoadInfo, Recipe
@@ -344,16 +343,11 @@ class Pipeline:
             self.summary.backend = self._model_line = info.description
             self._ready_at = time.perf_counter()
             self._ready.set()
-            # A worker that batches across streams runs on one thread for all of them: with a backend that
-            # uploads pinned frames in one call, each stream copies its frames into pinned memory here, on
-            # its own thread, instead of leaving that copy to the worker's (see PinnedCopies).
-            pinned = PinnedCopies() if self.worker.max_batch is not None and info.pinned_frames else None
             while not self.stop.is_set():
                 frames = self._next_batch()
                 if frames is None:
                     break
-                pixels = [frame_pixels(f) for f in frames]
-                result = self._wait(self.worker.submit(pinned.copy(pixels) if pinned is not None else pixels))
+                result = self._wait(self.worker.submit([frame_pixels(f) for f in frames]))
                 if not isinstance(result, BatchResult):
                     return
                 n = len(frames)

@@ -77,15 +77,6 @@ def test_whole_batch_graphs_label_real_frames_as_the_three_steps_do(precision: s
         on_gpu = [torch.from_numpy(f).cuda() for f in frames[:2]]
         assert [p.top1 for p in graphs.classify(on_gpu, 1).predictions] == [p.top1 for p in eager.classify(frames[:2], 1).predictions]
         assert len(graphs._batch_graphs) == 3
-        # frames a stream copied into pinned memory on its own thread: one upload call, the same labels
-        from engines.preprocess import PinnedCopies
-
-        assert graphs.takes_pinned_frames and not eager.takes_pinned_frames
-        pinned = PinnedCopies().copy(frames[4:12])
-        assert all(isinstance(p, torch.Tensor) and p.is_pinned() for p in pinned)
-        want = eager.classify(frames[4:12], 5).predictions
-        assert [p.top1 for p in graphs.classify(pinned, 5).predictions] == [p.top1 for p in want]
-        assert len(graphs._batch_graphs) == 3
     finally:
         eager.close()
         graphs.close()

@@ -337,12 +337,6 @@ class Backend(ABC):
     def input_dtype_name(self) -> str:
         return "fp32"
 
-    @property
-    def takes_pinned_frames(self) -> bool:
-        """True when :meth:`classify` uploads a batch of pinned host frames (``PinnedCopies``) in one call;
-        callers sharing this backend then copy their frames there on their own threads."""
-        return False
-
     def synchronize(self) -> None:
         """Wait for queued device work (for honest timing)."""
         self._synchronize()

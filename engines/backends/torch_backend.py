@@ -38,8 +38,6 @@ class _BatchGraph:
     """Upload's target, the captured graph (preprocess, network, top-k) and its (bucket, 2k + 1) output."""
 
     frames: "torch.Tensor"
-    slots: "list[torch.Tensor]"
-    """``frames`` one view a frame, for one ``_foreach_copy_`` of a batch of pinned frames."""
     graph: "torch.cuda.CUDAGraph"
     rows: "torch.Tensor"
 
@@ -148,14 +146,9 @@ class TorchBackend(Backend):
         n = len(frames)
         k = max(1, min(k, len(self.spec.labels)))
         entry = self._batch_graph(size, min(1 << (n - 1).bit_length(), self.options.batch), k)
-        if isinstance(frames[0], np.ndarray):
-            host, view = self._graph_hosts[size]
-            np.stack(frames, out=view[:n])
-            entry.frames[:n].copy_(host[:n], non_blocking=True)
-        else:  # pinned host tensors (PinnedCopies, made on the callers' threads): one call uploads them all
-            import torch
-
-            torch._foreach_copy_(entry.slots[:n], list(frames), non_blocking=True)  # type: ignore[arg-type]
+        host, view = self._graph_hosts[size]
+        np.stack(frames, out=view[:n])
+        entry.frames[:n].copy_(host[:n], non_blocking=True)
         t1 = time.perf_counter()
         entry.graph.replay()
         rows = entry.rows[:n].cpu().tolist()  # waits for the upload and the graph: the pinned buffer is free again
@@ -167,36 +160,14 @@ class TorchBackend(Backend):
         if self._graph is None or not frames or len(frames) > self.options.batch:
             return None
         first = frames[0]
-        if isinstance(first, np.ndarray):
-            if first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
-                return None
-            if any(not isinstance(f, np.ndarray) or f.shape != first.shape or f.dtype != np.uint8 for f in frames):
-                return None
-        elif not self._host_tensors(frames):
+        if not isinstance(first, np.ndarray) or first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
+            return None
+        if any(not isinstance(f, np.ndarray) or f.shape != first.shape or f.dtype != np.uint8 for f in frames):
             return None
         size = (int(first.shape[0]), int(first.shape[1]))
         if size not in self._graph_hosts and len(self._graph_hosts) >= _GRAPH_SHAPES:
             return None
         return size
-
-    @staticmethod
-    def _host_tensors(frames: "Sequence[np.ndarray | torch.Tensor]") -> bool:
-        """All frames (H, W, 3) uint8 tensors of one shape in host memory (PinnedCopies' copies)."""
-        import torch
-
-        first = frames[0]
-        if not isinstance(first, torch.Tensor) or first.device.type != "cpu" or first.dtype != torch.uint8:
-            return False
-        if first.ndim != 3 or int(first.shape[2]) != 3:
-            return False
-        return all(
-            isinstance(f, torch.Tensor) and f.device.type == "cpu" and f.dtype == torch.uint8 and f.shape == first.shape
-            for f in frames
-        )
-
-    @property
-    def takes_pinned_frames(self) -> bool:
-        return self._loaded and self._graph is not None
 
     def _batch_graph(self, size: tuple[int, int], bucket: int, k: int) -> _BatchGraph:
         key = (*size, bucket, k)
@@ -235,7 +206,7 @@ class TorchBackend(Backend):
         # thread_local: a GPU decoder's thread may allocate meanwhile.
         with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"), torch.inference_mode():
             rows = body()
-        entry = _BatchGraph(frames, list(frames.unbind(0)), graph, rows)
+        entry = _BatchGraph(frames, graph, rows)
         self._batch_graphs[key] = entry
         log.info("torch backend: CUDA graph of whole batches of %d %dx%d frames captured in %.2f s", bucket, width, height, time.perf_counter() - t0)
         return entry
