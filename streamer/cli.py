@@ -142,7 +142,7 @@ def add_model_arguments(
     parser.add_argument("--workspace", type=_positive_int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     model_group.add_argument("--calib", type=Path, default=None, metavar="DIR", help="folder of images for int8 calibration")
     parser.add_argument("--threads", type=_thread_count, default=None, help=f"CPU threads for CPU backends (1 to {max_threads()})")
-    parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay the network as a CUDA graph")
+    parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: replay each batch of host frames (resize, crop, normalisation, network, top-k) as one CUDA graph, per frame size and power-of-two batch; other input: the network alone as a graph")
     parser.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
     if not multi:
         parser.add_argument(
