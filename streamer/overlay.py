@@ -57,6 +57,17 @@ def _text_size(text: str, scale: float, thickness: int) -> tuple[tuple[int, int]
     return (int(w), int(h)), int(base)
 
 
+def _fit(text: str, scale: float, thickness: int, width: int) -> str:
+    """``text``, cut short with "..." where it is wider than ``width`` pixels at this scale."""
+    if _text_size(text, scale, thickness)[0][0] <= width:
+        return text
+    for end in range(len(text) - 1, 0, -1):
+        cut = text[:end].rstrip() + "..."
+        if _text_size(cut, scale, thickness)[0][0] <= width:
+            return cut
+    return ""
+
+
 def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool) -> None:
     import cv2
 
@@ -70,14 +81,17 @@ def _draw_lines(image: np.ndarray, lines: list[tuple[str, Colour]], bottom: bool
     # Shrink the text until the widest line fits the frame (re-measured each time:
     # glyph widths do not scale exactly with the font scale).
     widest = max(sz[0][0] for sz in sizes)
-    for _ in range(12):
-        if widest + 12 <= w or scale <= 0.1:
+    for _ in range(16):
+        if widest + 12 <= w or scale <= 0.03:
             break
         scale *= max(0.5, min(0.95, (w - 12) / max(widest, 1)))
         thickness = max(1, int(round(scale * 2)))
         sizes = [_text_size(text, scale, thickness) for text, _ in lines]
         widest = max(sz[0][0] for sz in sizes)
         line_h = max(sz[0][1] + sz[1] for sz in sizes) + max(2, int(8 * scale))
+    if widest + 12 > w:  # a frame too narrow even for the smallest text: cut the long lines short
+        lines = [(_fit(text, scale, thickness, w - 12), colour) for text, colour in lines]
+        widest = max(_text_size(text, scale, thickness)[0][0] for text, _ in lines)
     band_h = line_h * len(lines) + 6
     y0 = h - band_h if bottom else 0
     y0 = max(0, y0)

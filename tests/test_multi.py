@@ -251,6 +251,7 @@ class _FinalisingPipeline:
         self.worker = worker
         self.asked = threading.Event()
         self.worker_open_at_end: bool | None = None
+        self.summary = None  # what MultiRun reads when run() ends by an interrupt
 
     def interrupt(self) -> None:
         self.asked.set()
