@@ -172,12 +172,18 @@ class StageTimes:
     def add(self, stage: str, seconds: float, count: int = 1) -> None:
         """Record ``seconds`` spent on ``count`` frames (a batch is split evenly)."""
         with self._lock:
-            self.stages.setdefault(stage, Histogram()).add(seconds / max(count, 1), count)
+            histogram = self.stages.get(stage)
+            if histogram is None:  # not setdefault(stage, Histogram()): that built (and threw away) one per call
+                histogram = self.stages[stage] = Histogram()
+            histogram.add(seconds / max(count, 1), count)
 
     def merge(self, stage: str, histogram: Histogram) -> None:
         """Add another collector's samples for ``stage`` (e.g. a sink timing its own writes)."""
         with self._lock:
-            self.stages.setdefault(stage, Histogram()).merge(histogram)
+            mine = self.stages.get(stage)
+            if mine is None:
+                mine = self.stages[stage] = Histogram()
+            mine.merge(histogram)
 
     def snapshot(self) -> dict[str, Histogram]:
         """A copy of every non-empty stage's histogram (seconds)."""
