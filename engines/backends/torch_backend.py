@@ -136,9 +136,10 @@ class TorchBackend(Backend):
         crop and normalisation, the network and the top-k, captured once per frame size and batch
         bucket (powers of two up to the loaded batch; a batch runs in the smallest that holds it).
         The thread then makes four CUDA calls a batch (upload, replay, one copy back) instead of
-        ~40 (AlexNet) to ~200 (efficientnet_lite0); each releases Python's GIL and must take it back,
-        which is what bounds one process serving dozens of streams.  Other batches (tensors from a GPU
-        decoder, mixed sizes, a fifth frame size) take the three-step path."""
+        ~40 (AlexNet) to ~200 (efficientnet_lite0), each of which releases Python's GIL and must take it
+        back: with dozens of streams' threads beside it that wait is much of a batch's time (the host copy
+        into pinned memory, still on this thread, is the rest; docs/benchmarks/h200-streams, step 9).
+        Other batches (tensors from a GPU decoder, mixed sizes, a fifth frame size) take the three-step path."""
         size = self._graphable(frames)
         if size is None:
             return super().classify(frames, k)
