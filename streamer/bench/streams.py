@@ -368,30 +368,18 @@ def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
     return latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
 
 
-def run_process_groups(
-    path: Path, n: int, per_process: int, case: dict[str, str], frames: int, source_fps: float, workdir: Path
-) -> StreamsPoint:
-    """N streams as ceil(N / M) ``streamer run PATH x M --realtime --headless`` processes, started together
-    (each with its model, batching its M streams); FFmpeg's threads per decoder are the cores / N, as
-    in one process.  Figures from each process's summary table and per-stream predictions."""
-    from streamer.multi import decode_threads_for
-
+def _run_all(cmds: list[list[str]], outputs: list[Path], columns: int) -> list[tuple[str, str | None]]:
+    """Start every command together (stdout and stderr into its file), wait for all within
+    ``PROCESS_TIMEOUT_S`` (killing the late), and return each one's output and, when it failed, a
+    one-line error (its exit status and last line)."""
+    env = dict(os.environ, COLUMNS=str(columns), PYTHONUNBUFFERED="1")
     procs = []
-    env = dict(os.environ, COLUMNS="240", PYTHONUNBUFFERED="1")
-    sizes = [min(per_process, n - start) for start in range(0, n, per_process)]
-    threads = decode_threads_for(n) or 1
-    for i, m in enumerate(sizes):
-        predictions = workdir / f"g{n}-{per_process}-{i}"
-        cmd = [
-            sys.executable, "-m", "streamer", "run", *([str(path)] * m), "--realtime", "--headless", "--no-progress",
-            "--max-frames", str(frames), "--predictions", f"{predictions}/", "--overwrite", "--decode-threads", str(threads),
-            "-m", case["model"], "--weights", case["weights"], "-b", case["backend"], "-p", case["precision"], "-d", case["device"],
-        ]  # fmt: skip
-        out = open(workdir / f"g{n}-{per_process}-{i}.out", "w+", encoding="utf-8")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out, predictions, m))
-    rows: list[dict[str, Any]] = []
+    for cmd, path in zip(cmds, outputs):
+        out = open(path, "w+", encoding="utf-8")  # noqa: SIM115 - closed below
+        procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out))
+    results = []
     deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    for i, (proc, out, predictions, m) in enumerate(procs):
+    for proc, out in procs:
         try:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -400,18 +388,44 @@ def run_process_groups(
         out.seek(0)
         text = out.read()
         out.close()
-        table = parse_stream_rows(text)
-        failure = None
+        error = None
         if proc.returncode != 0:
             last = [line for line in text.splitlines() if line.strip()]
-            failure = f"exit {proc.returncode}: {last[-1][:120] if last else ''}"
+            error = f"exit {proc.returncode}: {last[-1][:120] if last else ''}"
+        results.append((text, error))
+    return results
+
+
+def run_process_groups(
+    path: Path, n: int, per_process: int, case: dict[str, str], frames: int, source_fps: float, workdir: Path
+) -> StreamsPoint:
+    """N streams as ceil(N / M) ``streamer run PATH x M --realtime --headless`` processes, started together
+    (each with its model, batching its M streams); FFmpeg's threads per decoder are the cores / N, as
+    in one process.  Figures from each process's summary table and per-stream predictions."""
+    from streamer.multi import decode_threads_for
+
+    sizes = [min(per_process, n - start) for start in range(0, n, per_process)]
+    threads = decode_threads_for(n) or 1
+    folders = [workdir / f"g{n}-{per_process}-{i}" for i in range(len(sizes))]
+    cmds = [
+        [
+            sys.executable, "-m", "streamer", "run", *([str(path)] * m), "--realtime", "--headless", "--no-progress",
+            "--max-frames", str(frames), "--predictions", f"{predictions}/", "--overwrite", "--decode-threads", str(threads),
+            "-m", case["model"], "--weights", case["weights"], "-b", case["backend"], "-p", case["precision"], "-d", case["device"],
+        ]  # fmt: skip
+        for m, predictions in zip(sizes, folders)
+    ]
+    rows: list[dict[str, Any]] = []
+    results = _run_all(cmds, [folder.with_suffix(".out") for folder in folders], columns=240)
+    for i, ((text, failure), predictions, m) in enumerate(zip(results, folders, sizes)):
+        table = parse_stream_rows(text)
         if len(table) != m and failure is None:
             failure = f"{len(table)} of {m} streams in its summary"
         for name in sorted(table) or [f"process{i}"]:
             row = table.get(name, {})
-            error = failure if failure is not None or row.get("status") not in ("ok", None) else None
-            if row and row.get("status") != "ok":
-                error = error or f"status {row.get('status')}"
+            error = failure
+            if error is None and row and row["status"] != "ok":
+                error = f"status {row['status']}"
             try:
                 p50, p99 = _percentiles(_latencies(predictions / f"{name}.jsonl"))
             except (OSError, ValueError, KeyError):
@@ -426,41 +440,27 @@ def run_process_groups(
 
 def run_processes(path: Path, n: int, case: dict[str, str], frames: int, source_fps: float, workdir: Path) -> StreamsPoint:
     """N ``streamer run PATH --realtime --headless`` processes, started together; figures from each one's summary."""
-    procs = []
-    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
-    for i in range(n):
-        predictions = workdir / f"p{n}-{i}.jsonl"
-        cmd = [
+    files = [workdir / f"p{n}-{i}.jsonl" for i in range(n)]
+    cmds = [
+        [
             sys.executable, "-m", "streamer", "run", str(path), "--realtime", "--headless", "--no-progress",
             "--max-frames", str(frames), "--predictions", str(predictions), "--overwrite",
             "-m", case["model"], "--weights", case["weights"], "-b", case["backend"], "-p", case["precision"], "-d", case["device"],
         ]  # fmt: skip
-        out = open(workdir / f"p{n}-{i}.out", "w+", encoding="utf-8")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out, predictions))
+        for predictions in files
+    ]
     rows = []
     readies = []
-    deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    for i, (proc, out, predictions) in enumerate(procs):
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        out.seek(0)
-        text = out.read()
-        out.close()
+    results = _run_all(cmds, [predictions.with_suffix(".out") for predictions in files], columns=200)
+    for i, ((text, error), predictions) in enumerate(zip(results, files)):
         table = parse_summary(text)
-        error = None
-        if proc.returncode != 0:
-            last = [line for line in text.splitlines() if line.strip()]
-            error = f"exit {proc.returncode}: {last[-1][:120] if last else ''}"
         latencies = []
         try:
-            with open(predictions, encoding="utf-8") as fh:
-                latencies = sorted(float(json.loads(line)["latency_ms"]) for line in fh if line.strip())
+            latencies = _latencies(predictions)
         except (OSError, ValueError, KeyError):
             if error is None:
                 error = "no predictions file"
+        p50, p99 = _percentiles(latencies)
         counts = table.get("frames in / out / dropped", "")
         parts = [int(x) for x in re.findall(r"\d+", counts)][:3]
         fps_text = table.get("pipeline FPS (from first frame out)", "")
@@ -474,8 +474,8 @@ def run_processes(path: Path, n: int, case: dict[str, str], frames: int, source_
                 "out": parts[1] if len(parts) == 3 else len(latencies),
                 "dropped": parts[2] if len(parts) == 3 else 0,
                 "fps": float(fps_text) if re.fullmatch(r"[\d.]+", fps_text) else None,
-                "p50": latencies[len(latencies) // 2] if latencies else None,
-                "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
+                "p50": p50,
+                "p99": p99,
             }
         )
     spread = max(readies) - min(readies) if len(readies) >= 2 else None
