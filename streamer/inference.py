@@ -220,7 +220,7 @@ class InferenceWorker:
                 backend = self.recipe()
                 backend.load()
                 info = LoadInfo(backend.description, backend.load_seconds, backend.ready_seconds)
-                labels = backend.spec.labels
+                backend.spec.labels  # read now, at load, rather than inside the first batch
                 if backend.ready_seconds is not None and backend.load_seconds is not None:
                     self.slowest_batch_s = max(0.0, backend.ready_seconds - backend.load_seconds)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the load
@@ -231,7 +231,7 @@ class InferenceWorker:
             if not self._loaded.set_running_or_notify_cancel():
                 return  # closed while loading: nobody waits for this backend
             self._loaded.set_result(info)
-            self._serve(backend, labels)
+            self._serve(backend)
         finally:
             if backend is not None:
                 try:
@@ -239,7 +239,7 @@ class InferenceWorker:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("backend close failed: %s", exc)
 
-    def _serve(self, backend: Backend, labels: Sequence[str]) -> None:
+    def _serve(self, backend: Backend) -> None:
         while True:
             item = self._requests.get()
             if item is _CLOSE or self._closing.is_set():
@@ -254,7 +254,7 @@ class InferenceWorker:
                 continue
             batches = [b for b in self._gather(item) if b.future.set_running_or_notify_cancel()]
             if batches:
-                self._run_batch(backend, labels, batches)
+                self._run_batch(backend, batches)
 
     def _gather(self, first: _Batch) -> list[_Batch]:
         """``first`` and, with ``max_batch``, the requests that join it within ``max_wait_s``."""
@@ -275,7 +275,7 @@ class InferenceWorker:
             size += len(nxt.images)
         return batches
 
-    def _run_batch(self, backend: Backend, labels: Sequence[str], batches: list[_Batch]) -> None:
+    def _run_batch(self, backend: Backend, batches: list[_Batch]) -> None:
         images = [image for b in batches for image in b.images]
         n = len(images)
         try:
